@@ -1,0 +1,25 @@
+"""edmgrid: a declarative design-space experiment runner for diffusion models (EDM, Karras et al. 2022)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+# The public API is imported lazily so that `edmgrid --help` does not pay for torch.
+_LAZY = {
+    "SamplerSpec": "edmgrid.spec.sampler",
+    "JobSpec": "edmgrid.spec.job",
+    "sample": "edmgrid.engine.sample",
+    "latents": "edmgrid.engine.sample",
+}
+
+__all__ = ["JobSpec", "SamplerSpec", "__version__", "latents", "sample"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edmgrid' has no attribute {name!r}")
