@@ -1,4 +1,4 @@
-"""edmgrid: a declarative design-space experiment runner for diffusion models (EDM, Karras et al. 2022)."""
+"""edmgrid: a declarative design-space experiment runner for diffusion models (EDM, Karras 2022)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Schemas are validated as a discriminated union on the registry's key (``name`` f
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, TypeVar, Union
+from typing import Annotated, Any, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag
 
@@ -23,10 +23,12 @@ T = TypeVar("T", bound=type[BaseModel])
 class Choice(BaseModel):
     """Base of every registered choice: frozen, and unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, protected_namespaces=(), ser_json_inf_nan="constants"
+    )
 
 
-class Registry(Generic[T]):
+class Registry:
     """Maps the choice names of one axis to their schema classes."""
 
     def __init__(self, axis: str, doc: str, key: str = "name") -> None:
@@ -34,7 +36,7 @@ class Registry(Generic[T]):
         self._choices: dict[str, type[BaseModel]] = {}
 
     def register(self, cls: T) -> T:
-        name = cls.model_fields[self.key].default
+        name = cls.model_fields[self.key].default  # type: ignore[call-overload]
         if not isinstance(name, str) or name in self._choices:
             raise ValueError(f"{self.axis}: bad or duplicate choice {name!r} on {cls.__name__}")
         self._choices[name] = cls
@@ -55,7 +57,7 @@ class Registry(Generic[T]):
         return raw if isinstance(raw, str) and raw in self._choices else None
 
     def union(self) -> Any:
-        """The annotated discriminated union of every registered choice (build after registering)."""
+        """The discriminated union of every registered choice (build it after registering)."""
         members = tuple(Annotated[cls, Tag(name)] for name, cls in self._choices.items())
         valid = ", ".join(self._choices)
         tag = Discriminator(

@@ -1,0 +1,202 @@
+"""The ``edmgrid`` command line (Typer + rich). Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edmgrid.errors import EdmgridError
+
+app = typer.Typer(
+    name="edmgrid",
+    help="Declarative design-space experiments for diffusion models (EDM, Karras et al. 2022).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RESULTS = typer.Option(Path("results"), "--results", "-r", help="Results directory.")
+FORMAT_HELP = "Output format: table, csv, markdown or json."
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
+    if fmt == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
+    elif fmt == "markdown":
+        sys.stdout.write(_markdown(frame) + "\n")
+    elif fmt == "table":
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in frame.columns:
+            table.add_column(str(column))
+        for row in frame.itertuples(index=False):
+            table.add_row(*(_cell(v) for v in row))
+        _console().print(table)
+    else:
+        raise EdmgridError(f"unknown format {fmt!r}; valid: table, csv, markdown, json")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _markdown(frame: Any) -> str:
+    head = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = [
+        "| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
+    return "\n".join([head, rule, *rows])
+
+
+@app.command()
+def run(
+    space: Path = typer.Argument(..., help="Space file (YAML)."),
+    results: Path = RESULTS,
+    force: bool = typer.Option(False, "--force", help="Re-run jobs that already have results."),
+    retry_failed: bool = typer.Option(
+        True, "--retry-failed/--no-retry-failed", help="Re-run jobs whose last result is a failure."
+    ),
+    yes: bool = typer.Option(False, "--yes", help="Allow grids above the job limit."),
+) -> None:
+    """Expand SPACE into jobs, run the ones without a result, and store one row per job."""
+    from edmgrid.run.runner import run_space
+    from edmgrid.run.store import Store
+    from edmgrid.spec.space import MAX_JOBS, load_space
+
+    loaded = load_space(space, max_jobs=None if yes else MAX_JOBS)
+    summary = run_space(loaded, Store(results), force=force, retry_failed=retry_failed)
+    _print_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="edmgrid run")
+    for column in ("done", "skipped", "failed", "seconds"):
+        table.add_column(column)
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items()) or "-"
+    table.add_row(*(str(summary.counts.get(k, 0)) for k in ("done", "skipped", "failed")), secs)
+    console = _console()
+    console.print(table)
+    for row in summary.failures:
+        console.print(
+            f"[red]failed[/red] {row['job_id']}: {row['error']} "
+            f"(traceback: {row['traceback_path']})"
+        )
+
+
+@app.command()
+def show(
+    space: Path = typer.Argument(..., help="Space file (YAML)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the resolved jobs as JSON."),
+) -> None:
+    """Print the expanded, fully resolved jobs of SPACE (a dry run)."""
+    from edmgrid.run.jobs import flatten
+    from edmgrid.spec.space import load_space
+
+    loaded = load_space(space, max_jobs=None)
+    if as_json:
+        jobs = [{"job_id": j.job_id, **j.resolved()} for j in loaded.jobs]
+        sys.stdout.write(json.dumps({"space": loaded.name, "jobs": jobs}, indent=1) + "\n")
+        return
+    import pandas as pd
+
+    frame = pd.DataFrame([{"job_id": j.job_id, **flatten(j.resolved())} for j in loaded.jobs])
+    varying = [c for c in frame.columns if c == "job_id" or frame[c].astype(str).nunique() > 1]
+    _print_frame(frame[varying], "table", title=f"{loaded.name}: {len(loaded.jobs)} jobs")
+
+
+@app.command()
+def axes(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List every design axis, its choices and their parameter defaults."""
+    from edmgrid.spec.axes import all_registries
+
+    described = {name: reg.describe() for name, reg in all_registries().items()}
+    if as_json:
+        sys.stdout.write(json.dumps(described, indent=1, default=str) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title="edmgrid axes")
+    for column in ("axis", "choice", "parameters (defaults)", "description"):
+        table.add_column(column)
+    for axis, choices in described.items():
+        for choice, info in choices.items():
+            params = ", ".join(f"{k}={v}" for k, v in info["params"].items())
+            table.add_row(axis, choice, params, info["doc"])
+    _console().print(table)
+
+
+@app.command()
+def compare(
+    results: Path = RESULTS,
+    space: str | None = typer.Option(None, "--space", help="Only jobs of this space."),
+    rows: str = typer.Option("timesteps_num_steps", "--rows", help="Comma-separated row columns."),
+    cols: str = typer.Option("solver", "--cols", help="Comma-separated column columns."),
+    value: str = typer.Option("ode_error", "--value", help="Metric to show in the cells."),
+    fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
+) -> None:
+    """Pivot the results: ROWS × COLS → VALUE (e.g. NFE × solver → ode_error)."""
+    from edmgrid.run.compare import pivot
+    from edmgrid.run.store import Store
+
+    frame = pivot(Store(results), space, _split(rows), _split(cols), value)
+    _print_frame(frame, fmt, title=f"{value}")
+
+
+def _split(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="A SELECT over the views runs and space_jobs."),
+    results: Path = RESULTS,
+    fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
+) -> None:
+    """Run a read-only SQL query over the results (DuckDB)."""
+    from edmgrid.run.store import Store
+
+    _print_frame(Store(results).query(query), fmt)
+
+
+def main() -> None:
+    """Console entry point: EdmgridErrors become one-line messages and exit codes."""
+    try:
+        code = app(standalone_mode=False)
+    except EdmgridError as e:
+        _console().print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,44 @@
+"""The probability flow ODE in terms of σ(t) and s(t) (EDM Eq. 4 / Eq. 81)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from edmgrid.design.scaling import Scaling
+from edmgrid.design.schedule import Schedule
+
+#: (x, σ) -> D(x; σ), float64; class labels are bound by the caller.
+Denoise = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ProbabilityFlow:
+    """dx/dt = (σ'/σ + s'/s)·x − (σ's/σ)·D(x/s; σ)  (Eq. 4), all in float64."""
+
+    schedule: Schedule
+    scaling: Scaling
+    denoise: Denoise  # float64 in, float64 out
+    round_sigma: Callable[[Tensor], Tensor]
+
+    @property
+    def b(self) -> float:
+        return float(getattr(self.schedule, "input_scale", 1.0))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.schedule.sigma(t)
+
+    def s(self, t: Tensor) -> Tensor:
+        return self.scaling.s(self.schedule.sigma(t), self.b)
+
+    def t_of_sigma(self, sigma: Tensor) -> Tensor:
+        """t = σ⁻¹(round_sigma(σ)): the time of the nearest noise level the denoiser supports."""
+        return self.schedule.sigma_inv(self.round_sigma(sigma))
+
+    def derivative(self, x: Tensor, t: Tensor) -> Tensor:
+        sigma, dsigma = self.schedule.sigma(t), self.schedule.sigma_deriv(t)
+        s = self.scaling.s(sigma, self.b)
+        ds = self.scaling.s_deriv(sigma, dsigma, self.b)
+        return (dsigma / sigma + ds / s) * x - dsigma * s / sigma * self.denoise(x / s, sigma)

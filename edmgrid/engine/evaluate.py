@@ -1,0 +1,110 @@
+"""Run one evaluation job: build the denoiser, sample every seed, compute the metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from edmgrid.engine.data import Dataset
+from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser
+from edmgrid.engine.metrics import Evaluation
+from edmgrid.engine.sample import CountingDenoiser, SeedRNG, plan, sample
+from edmgrid.errors import JobError
+from edmgrid.spec.job import JobSpec, content_hash
+from edmgrid.spec.model import AnalyticModel
+from edmgrid.spec.sampler import SamplerSpec
+
+#: Samples per denoiser call; results do not depend on it (one generator per seed).
+MAX_BATCH = 512
+
+Progress = Callable[[int, int], None]
+
+
+def build_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+    """The job's denoiser: the analytic one of the data set."""
+    assert isinstance(job.model, AnalyticModel)
+    return AnalyticDenoiser(dataset.x, chunk=job.model.chunk)
+
+
+def sample_seeds(
+    denoiser: Denoiser,
+    spec: SamplerSpec,
+    seeds: list[int],
+    shape: tuple[int, ...],
+    progress: Progress | None = None,
+) -> Tensor:
+    """Samples for every seed, in batches of at most MAX_BATCH (float64)."""
+    out = []
+    for lo in range(0, len(seeds), MAX_BATCH):
+        batch = seeds[lo : lo + MAX_BATCH]
+        rng = SeedRNG(batch)
+        x_T = rng.randn([len(batch), *shape])
+        out.append(sample(denoiser, x_T, spec, randn_like=rng.randn_like))
+        if progress:
+            progress(lo + len(batch), len(seeds))
+    return torch.cat(out)
+
+
+def cached_samples(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tensor]) -> Tensor:
+    """Samples cached on disk by the content hash of ``key`` (reference solutions)."""
+    path = cache_dir / "samples" / f"{content_hash(key)}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    x = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{id(x)}")
+    torch.save(x, tmp)
+    tmp.replace(path)
+    return x
+
+
+def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Sample the job's seeds, check the samples are finite, and compute its metrics."""
+    dataset = job.data.load()
+    denoiser = build_denoiser(job, dataset, cache_dir)
+    counter = CountingDenoiser(denoiser)
+    seeds = job.seed_list
+    samples = sample_seeds(counter, job.sampler, seeds, dataset.sample_shape, progress)
+    if not torch.isfinite(samples).all():
+        bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
+        raise JobError(f"sampler produced non-finite values in {bad} of {len(seeds)} samples")
+    sigma_steps = plan(denoiser, job.sampler).sigma_steps
+
+    def resample(spec: SamplerSpec) -> Tensor:
+        key = {
+            "data": job.data.model_dump(mode="json"),
+            "model": job.model.model_dump(mode="json"),
+            "sampler": spec.model_dump(mode="json"),
+            "seeds": job.seeds,
+        }
+        return cached_samples(
+            cache_dir, key, lambda: sample_seeds(denoiser, spec, seeds, dataset.sample_shape)
+        )
+
+    ev = Evaluation(
+        samples=samples,
+        dataset=dataset,
+        denoiser=denoiser,
+        seeds=seeds,
+        sigma_first=float(sigma_steps[0]),
+        sigma_last=float(sigma_steps[-2]),
+        cache_dir=cache_dir,
+        resample=resample,
+    )
+    row: dict[str, Any] = {
+        "nfe": counter.evaluations / len(seeds),
+        "num_samples": len(seeds),
+        "sigma_max_used": ev.sigma_first,
+        "sigma_min_used": ev.sigma_last,
+    }
+    for metric in job.metrics:
+        for column, value in metric.compute(ev).items():
+            if not math.isfinite(value):
+                raise JobError(f"metric {column} is not finite ({value})")
+            row[column] = value
+    return row

@@ -1,0 +1,115 @@
+"""The ablation sampler (EDM App. D, official ``ablation_sampler`` semantics) and per-seed noise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from edmgrid.design.ode import ProbabilityFlow
+from edmgrid.engine.denoiser import Denoiser
+from edmgrid.spec.sampler import SamplerSpec
+
+
+class SeedRNG:
+    """One ``torch.Generator`` per seed (seed mod 2³²), like the official StackedRandomGenerator.
+
+    Every sample's noise depends on its seed alone, never on batch size or worker count.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
+        self.generators = [torch.Generator(device).manual_seed(int(s) % (1 << 32)) for s in seeds]
+
+    def randn(self, size: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+        if size[0] != len(self.generators):
+            raise ValueError(f"first dimension {size[0]} != number of seeds {len(self.generators)}")
+        device = self.generators[0].device
+        return torch.stack(
+            [
+                torch.randn(size[1:], generator=g, dtype=dtype, device=device)
+                for g in self.generators
+            ]
+        )
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        return self.randn(x.shape, dtype=x.dtype)
+
+    def randint(self, high: int, size: Sequence[int]) -> Tensor:
+        return torch.stack(
+            [torch.randint(high, size[1:], generator=g, device=g.device) for g in self.generators]
+        )
+
+
+def latents(
+    seeds: Sequence[int], shape: Sequence[int], device: torch.device | str = "cpu"
+) -> Tensor:
+    """x_T ~ N(0, I) of shape [len(seeds), *shape], one generator per seed."""
+    return SeedRNG(seeds, device).randn([len(seeds), *shape])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The resolved σ range, the bound ODE and the time grid t_0 > … > t_N = 0 of one run."""
+
+    sigma_min: float
+    sigma_max: float
+    ode: ProbabilityFlow
+    t_steps: Tensor
+
+    @property
+    def sigma_steps(self) -> Tensor:
+        return self.ode.sigma(self.t_steps)
+
+
+def plan(denoiser: Denoiser, spec: SamplerSpec, class_labels: Tensor | None = None) -> Plan:
+    """Clamp the σ range to the denoiser's, bind σ(t), and build t_i = σ⁻¹(round_sigma(σ_i))."""
+    default_min, default_max = spec.timesteps.default_range(spec.schedule)
+    net_min, net_max = denoiser.sigma_range()
+    ts = spec.timesteps
+    sigma_min = max(default_min if ts.sigma_min is None else ts.sigma_min, net_min)
+    sigma_max = min(default_max if ts.sigma_max is None else ts.sigma_max, net_max)
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"empty σ range [{sigma_min}, {sigma_max}] after clamping to the model's")
+    schedule = spec.schedule.bind(sigma_min, sigma_max)
+
+    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+        return denoiser(x, sigma, class_labels).to(torch.float64)
+
+    ode = ProbabilityFlow(schedule, spec.scaling, denoise, denoiser.round_sigma)
+    sigma_steps = ts.sigma_steps(schedule, sigma_min, sigma_max)
+    t_steps = ode.t_of_sigma(sigma_steps)
+    t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
+    return Plan(sigma_min, sigma_max, ode, t_steps)
+
+
+def sample(
+    denoiser: Denoiser,
+    latents: Tensor,
+    spec: SamplerSpec,
+    class_labels: Tensor | None = None,
+    randn_like: Callable[[Tensor], Tensor] = torch.randn_like,
+) -> Tensor:
+    """Solve from x_0 = latents·σ(t_0)·s(t_0) to t_N = 0 in float64 (official ablation sampler)."""
+    p = plan(denoiser, spec, class_labels)
+    t0 = p.t_steps[0]
+    x = latents.to(torch.float64) * p.ode.sigma(t0) * p.ode.s(t0)
+    return spec.solver.solve(p.ode, x, p.t_steps, randn_like)
+
+
+class CountingDenoiser:
+    """Wraps a denoiser and counts evaluations per sample: NFE = Σ batch sizes / num samples."""
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        self.denoiser, self.evaluations = denoiser, 0
+
+    def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        self.evaluations += len(x)
+        return self.denoiser(x, sigma, class_labels)
+
+    def sigma_range(self) -> tuple[float, float]:
+        return self.denoiser.sigma_range()
+
+    def round_sigma(self, sigma: Tensor) -> Tensor:
+        return self.denoiser.round_sigma(sigma)

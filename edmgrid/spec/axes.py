@@ -1,0 +1,14 @@
+"""Every registry a space can name, by its YAML key (for ``edmgrid axes`` and docs)."""
+
+from __future__ import annotations
+
+from edmgrid.design import AXES
+from edmgrid.engine.data import datasets
+from edmgrid.engine.metrics import metrics
+from edmgrid.registry import Registry
+from edmgrid.spec.model import models
+
+
+def all_registries() -> dict[str, Registry]:
+    """The design axes of Table 1, then data, model and metric."""
+    return {**AXES, "data": datasets, "model": models, "metric": metrics}

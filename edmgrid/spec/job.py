@@ -1,0 +1,77 @@
+"""A job: one fully resolved point of the design space, identified by its content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from edmgrid.engine.data import DataSpec, datasets
+from edmgrid.engine.metrics import Metric, metrics
+from edmgrid.spec.model import AnalyticModel, ModelSpec, models
+from edmgrid.spec.sampler import SamplerSpec
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-255,300,400-401' → [0, …, 255, 300, 400, 401] (the official ``--seeds`` syntax)."""
+    seeds: list[int] = []
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+))?\s*", part)
+        if not m:
+            raise ValueError(f"bad seed range {part!r}; expected e.g. '0-255' or '0,5,10-19'")
+        lo, hi = int(m[1]), int(m[2] or m[1])
+        if hi < lo:
+            raise ValueError(f"bad seed range {part!r}: end < start")
+        seeds.extend(range(lo, hi + 1))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds repeat")
+    return seeds
+
+
+def _check_seeds(text: str) -> str:
+    parse_seeds(text)
+    return text
+
+
+Seeds = Annotated[str, AfterValidator(_check_seeds)]
+if TYPE_CHECKING:  # type checkers see the base class; pydantic validates the tagged union
+    DataChoice = DataSpec
+    ModelChoice = ModelSpec
+    MetricChoice = Metric
+else:
+    DataChoice = datasets.union()
+    ModelChoice = models.union()
+    MetricChoice = metrics.union()
+
+
+class JobSpec(BaseModel):
+    """Data, model, sampler, metrics and seeds of one evaluation job."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+
+    data: DataChoice
+    model: ModelChoice = Field(default_factory=AnalyticModel)
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    metrics: list[MetricChoice] = Field(min_length=1)
+    seeds: Seeds = "0-255"
+
+    @property
+    def seed_list(self) -> list[int]:
+        return parse_seeds(self.seeds)
+
+    def resolved(self) -> dict[str, Any]:
+        """Every field with defaults filled in (what the job id hashes)."""
+        return self.model_dump(mode="json")
+
+    @property
+    def job_id(self) -> str:
+        return content_hash(self.resolved())
+
+
+def content_hash(obj: Any) -> str:
+    """16 hex digits of SHA-256 over canonical JSON."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

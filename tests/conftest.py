@@ -1,0 +1,43 @@
+"""Shared fixtures: small data and a closed-form Gaussian denoiser."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+
+class GaussianDenoiser:
+    """Ideal denoiser of N(0, s²I): D(x; σ) = x·s²/(s²+σ²).
+
+    Its ODE solution is known in closed form: x(σ) = x(σ_0)·sqrt(s²+σ²)/sqrt(s²+σ_0²).
+    """
+
+    def __init__(self, s: float = 0.5) -> None:
+        self.s = s
+
+    def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        return x * self.s**2 / (self.s**2 + sigma**2)
+
+    def sigma_range(self) -> tuple[float, float]:
+        return 0.0, math.inf
+
+    def round_sigma(self, sigma: Tensor) -> Tensor:
+        return sigma
+
+
+@pytest.fixture
+def gaussian() -> GaussianDenoiser:
+    return GaussianDenoiser()
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    return tmp_path / "results"
+
+
+ROOT = Path(__file__).resolve().parents[1]
