@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from edmgrid.design.augment import augments
 from edmgrid.design.loss_weight import loss_weights
+from edmgrid.design.networks import networks
 from edmgrid.design.p_train import p_trains
 from edmgrid.design.precond import preconds
 from edmgrid.design.scaling import scalings
@@ -11,7 +13,7 @@ from edmgrid.design.solver import solvers
 from edmgrid.design.timesteps import timesteps
 from edmgrid.registry import Registry
 
-#: Every axis by its YAML key, in the order of Table 1.
+#: Every axis by its YAML key, in the order of Table 1 (then augmentation and the network F).
 AXES: dict[str, Registry] = {
     "solver": solvers,
     "timesteps": timesteps,
@@ -20,4 +22,6 @@ AXES: dict[str, Registry] = {
     "precond": preconds,
     "loss_weight": loss_weights,
     "p_train": p_trains,
+    "augment": augments,
+    "network": networks,
 }

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from edmgrid.registry import Choice, Registry
 
-augments: Registry[type[Augment]] = Registry("augment", "non-leaky augmentation (EDM §5, App. F.2)")
+augments = Registry("augment", "non-leaky augmentation (EDM §5, App. F.2)")
 
 # Low-pass decomposition filter of the Symlet-6 wavelet (sums to sqrt(2), orthonormal under even
 # shifts). Used as a 2x upsampling (synthesis) / downsampling (analysis) pair around resampling.

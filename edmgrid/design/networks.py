@@ -24,9 +24,7 @@ from torch import Tensor, nn
 from edmgrid.errors import SpecError
 from edmgrid.registry import Choice, Registry
 
-networks: Registry[type[Network]] = Registry(
-    "network", "architecture of the raw network F", key="arch"
-)
+networks = Registry("network", "architecture of the raw network F", key="arch")
 
 InitMode = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
 Resample = Literal["none", "up", "down"]

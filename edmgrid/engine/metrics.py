@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 from torch import Tensor
 
 from edmgrid.engine.data import Dataset
 from edmgrid.engine.denoiser import Denoiser
+from edmgrid.engine.fid import feature_statistics, frechet_distance
 from edmgrid.registry import Choice, Registry
 from edmgrid.spec.sampler import SamplerSpec
 
@@ -40,21 +40,6 @@ class Metric(Choice):
 
     def compute(self, ev: Evaluation) -> dict[str, float]:
         raise NotImplementedError
-
-
-def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """μ and Σ = (Σ f fᵀ − N μμᵀ)/(N−1) in float64 (official ``fid.py``)."""
-    f = features.astype(np.float64).reshape(len(features), -1)
-    mu = f.mean(0)
-    return mu, (f.T @ f - len(f) * np.outer(mu, mu)) / (len(f) - 1)
-
-
-def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
-    """‖μ₁−μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), the trace root via the PSD form Σ₁^½Σ₂Σ₁^½."""
-    w, v = np.linalg.eigh(s1)
-    root1 = (v * np.sqrt(w.clip(min=0))) @ v.T
-    cross = np.linalg.eigvalsh(root1 @ s2 @ root1).clip(min=0)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(cross).sum())
 
 
 @metrics.register
@@ -90,6 +75,6 @@ class FDRaw(Metric):
     name: Literal["fd_raw"] = "fd_raw"
 
     def compute(self, ev: Evaluation) -> dict[str, float]:
-        mu1, s1 = gaussian_statistics(ev.samples.numpy())
-        mu2, s2 = gaussian_statistics(ev.dataset.x.numpy())
+        mu1, s1 = feature_statistics(ev.samples.flatten(1).numpy())
+        mu2, s2 = feature_statistics(ev.dataset.x.flatten(1).numpy())
         return {"fd_raw": frechet_distance(mu1, s1, mu2, s2)}
