@@ -68,19 +68,52 @@ def _markdown(frame: Any) -> str:
 def run(
     space: Path = typer.Argument(..., help="Space file (YAML)."),
     results: Path = RESULTS,
-    force: bool = typer.Option(False, "--force", help="Re-run jobs that already have results."),
+    force: bool = typer.Option(
+        False, "--force", help="Re-run evaluations that already have results (checkpoints stay)."
+    ),
     retry_failed: bool = typer.Option(
         True, "--retry-failed/--no-retry-failed", help="Re-run jobs whose last result is a failure."
     ),
+    executor: str = typer.Option(
+        "local", "--executor", "-x", help="Where jobs run: local (worker processes), serial, ray."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", help="Local workers (default: one per GPU, else 1)."
+    ),
+    devices: str | None = typer.Option(
+        None, "--devices", help="Local: only these GPU ids, e.g. 0,2."
+    ),
+    gpus: int | None = typer.Option(
+        None, "--gpus", help="Ray: GPUs to declare for a local Ray (logical on a CPU machine)."
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray: join this cluster ('auto' finds a running one)."
+    ),
+    train_gpus: int = typer.Option(1, "--train-gpus", help="Ray: GPUs per training job."),
     yes: bool = typer.Option(False, "--yes", help="Allow grids above the job limit."),
 ) -> None:
     """Expand SPACE into jobs, run the ones without a result, and store one row per job."""
+    from edmgrid.run.executors import make_executor
     from edmgrid.run.runner import run_space
     from edmgrid.run.store import Store
     from edmgrid.spec.space import MAX_JOBS, load_space
 
     loaded = load_space(space, max_jobs=None if yes else MAX_JOBS)
-    summary = run_space(loaded, Store(results), force=force, retry_failed=retry_failed)
+    chosen = make_executor(
+        executor,
+        workers=workers,
+        devices=_split(devices) if devices is not None else None,
+        gpus=gpus,
+        address=address,
+    )
+    summary = run_space(
+        loaded,
+        Store(results),
+        executor=chosen,
+        force=force,
+        retry_failed=retry_failed,
+        train_gpus=train_gpus,
+    )
     _print_summary(summary)
     if not summary.ok:
         raise typer.Exit(1)
@@ -90,10 +123,11 @@ def _print_summary(summary: Any) -> None:
     from rich.table import Table
 
     table = Table(title="edmgrid run")
-    for column in ("done", "skipped", "failed", "seconds"):
+    for column in ("done", "skipped", "failed", "job seconds", "wall"):
         table.add_column(column)
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items()) or "-"
-    table.add_row(*(str(summary.counts.get(k, 0)) for k in ("done", "skipped", "failed")), secs)
+    counts = (str(summary.counts.get(k, 0)) for k in ("done", "skipped", "failed"))
+    table.add_row(*counts, secs, f"{summary.wall:.1f}s")
     console = _console()
     console.print(table)
     for row in summary.failures:

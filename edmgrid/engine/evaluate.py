@@ -15,6 +15,7 @@ from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser
 from edmgrid.engine.metrics import Evaluation
 from edmgrid.engine.sample import CountingDenoiser, SeedRNG, plan, sample
 from edmgrid.errors import JobError
+from edmgrid.run.store import atomic_write, file_lock
 from edmgrid.spec.job import JobSpec, content_hash
 from edmgrid.spec.model import AnalyticModel
 from edmgrid.spec.sampler import SamplerSpec
@@ -51,15 +52,17 @@ def sample_seeds(
 
 
 def cached_samples(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tensor]) -> Tensor:
-    """Samples cached on disk by the content hash of ``key`` (reference solutions)."""
+    """Samples cached on disk by the content hash of ``key`` (reference solutions).
+
+    Computed once under a file lock: concurrent workers that need the same samples wait for
+    the first one instead of repeating its work.
+    """
     path = cache_dir / "samples" / f"{content_hash(key)}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    x = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{id(x)}")
-    torch.save(x, tmp)
-    tmp.replace(path)
+    with file_lock(path.with_name(f"{path.name}.lock")):
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        x = make()
+        atomic_write(path, lambda tmp: torch.save(x, tmp))
     return x
 
 
