@@ -210,3 +210,21 @@ def test_pick_prefers_trainings_then_the_workers_model_then_the_least_similar_jo
     near = _task("evaluate", "d" * 16, 3)  # same data as the running job, other steps
     far = _task("evaluate", "e" * 16, 4, "grid25")
     assert pick([near, far], None, running, columns) == 1
+
+
+def test_a_recorded_space_is_finished_only_with_its_fingerprint_and_every_job_done(
+    tmp_path: Path,
+) -> None:
+    from edmgrid.run.store import space_fingerprint
+
+    space = toy_space(tmp_path, "a", {"sampler.timesteps.num_steps": [2, 3]})
+    text = Path(space.source).read_bytes()
+    fingerprint = space_fingerprint(text)
+    assert space_fingerprint(text + b"# a comment\n") != fingerprint
+    store = Store(tmp_path / "r")
+    run_space(space, store, executor=SerialExecutor(), fingerprint=fingerprint)
+    assert store.finished("a", fingerprint) == [j.job_id for j in space.jobs]
+    assert store.finished("a", "0" * 16) is None
+    assert store.finished("../a", fingerprint) is None
+    store.result_path(space.jobs[0].job_id).unlink()
+    assert store.finished("a", fingerprint) is None

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from edmgrid.errors import EdmgridError, SpecError
+from edmgrid.run.claims import pid_alive
 
 if TYPE_CHECKING:
     from edmgrid.run.jobs import Task
@@ -178,28 +179,27 @@ def assign_devices(
     return [WorkerSlot(k, chosen[k % len(chosen)], per) for k in range(n)]
 
 
-def _watch_parent() -> None:
-    """Exit when the driver dies: a killed run must not leave workers running its jobs.
+def _watch_driver(driver: int) -> None:
+    """Exit once the driver is gone: a killed run must not leave workers running its jobs.
 
-    The parent is the driver's fork server, which exits with the driver.
+    (The worker's parent is the fork server, which itself waits for its workers to exit.)
     """
-    parent = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while pid_alive(driver):
             time.sleep(0.5)
         os._exit(1)
 
-    threading.Thread(target=watch, name="edmgrid-parent-watch", daemon=True).start()
+    threading.Thread(target=watch, name="edmgrid-driver-watch", daemon=True).start()
 
 
-def _worker(slot: WorkerSlot, root: str, inbox: Any, outbox: Any) -> None:
+def _worker(slot: WorkerSlot, root: str, inbox: Any, outbox: Any, driver: int) -> None:
     """A local worker process: run tasks from ``inbox`` until it yields None."""
     if slot.cuda is not None:
         # read by CUDA when it initialises, which torch defers to the first CUDA call
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.cuda
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    _watch_parent()
+    _watch_driver(driver)
     import torch
 
     torch.set_num_threads(slot.threads)
@@ -245,7 +245,7 @@ class LocalExecutor:
         inbox = self.ctx.Queue()
         proc = self.ctx.Process(
             target=_worker,
-            args=(slot, self.root, inbox, self.outbox),
+            args=(slot, self.root, inbox, self.outbox, os.getpid()),
             name=f"edmgrid-worker-{slot.index}",
             daemon=True,
         )

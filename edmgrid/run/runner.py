@@ -15,13 +15,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from edmgrid.run.claims import Claims, active_run
 from edmgrid.run.executors import Event, Executor, SerialExecutor
 from edmgrid.run.jobs import EngineTrainer, Task, Trainer, flatten, record_failed
 from edmgrid.run.store import Store
+from edmgrid.run.summary import Summary
 from edmgrid.spec.job import content_hash
 from edmgrid.spec.space import Space
 
@@ -29,29 +30,6 @@ from edmgrid.spec.space import Space
 PICK_WINDOW = 64
 #: Seconds between checks on tasks another run holds.
 FOREIGN_POLL_S = 1.0
-
-
-@dataclass
-class Summary:
-    """Counts of a run: done, skipped (already in the store), failed; seconds per kind."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    seconds: dict[str, float] = field(default_factory=dict)
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    executed: list[str] = field(default_factory=list)
-    wall: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def add(self, row: dict[str, Any], name: str) -> None:
-        kind = row["kind"]
-        self.counts[row["status"]] += 1
-        self.seconds[kind] = self.seconds.get(kind, 0.0) + float(row["seconds"])
-        self.executed.append(name)
-        if row["status"] == "failed":
-            self.failures.append(row)
 
 
 @dataclass
@@ -66,9 +44,10 @@ class Plan:
 
 def pending(space: Space, store: Store, force: bool, retry_failed: bool) -> list[Any]:
     """The jobs of a space that need evaluating."""
+    statuses = {} if force else store.statuses([j.job_id for j in space.jobs])
     todo = []
     for job in space.jobs:
-        status = None if force else store.status(job.job_id)
+        status = statuses.get(job.job_id)
         if status is None or (status == "failed" and retry_failed):
             todo.append(job)
     return todo
@@ -342,18 +321,22 @@ def run_space(
     retry_failed: bool = True,
     train_gpus: int = 1,
     show_progress: bool | None = None,
+    fingerprint: str | None = None,
 ) -> Summary:
     """Run the space's pending trainings and evaluations on ``executor`` (default: serial).
 
     Every task is claimed first (``run/claims.py``), so concurrent runs on one store split the
     work; an interrupted run (Ctrl-C, SIGTERM) stops its workers and releases its claims.
+    ``fingerprint`` (of the space file, ``store.space_fingerprint``) is recorded with the
+    space so that a later run can tell it has nothing to do without expanding it.
     """
     start = time.perf_counter()
     executor = executor or SerialExecutor()
     trainer = trainer or EngineTrainer()
     show = sys.stdout.isatty() if show_progress is None else show_progress
     with active_run(store.root), Claims(store.root) as claims, _sigterm_interrupts():
-        store.record_space(space.name, space.source, [j.job_id for j in space.jobs])
+        job_ids = [j.job_id for j in space.jobs]
+        store.record_space(space.name, space.source, job_ids, fingerprint)
         the_plan = plan(
             space, store, trainer, force=force, retry_failed=retry_failed, train_gpus=train_gpus
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -45,6 +46,20 @@ def atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def space_fingerprint(text: bytes) -> str:
+    """Hash of a space file's bytes and of edmgrid's own source code.
+
+    Equal fingerprints expand to equal jobs, so a re-run can tell that it has nothing to do
+    without expanding the space (which imports torch).
+    """
+    digest = hashlib.sha256(text)
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _checked(key: str) -> str:
@@ -110,6 +125,19 @@ class Store:
         """'done', 'failed', or None when the job has no result yet."""
         return _status(self.result_path(job_id))
 
+    def statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """{job id: 'done' | 'failed'} for the jobs that have a row (one DuckDB scan)."""
+        import duckdb
+
+        paths = [p.as_posix() for p in map(self.result_path, job_ids) if p.exists()]
+        if not paths:
+            return {}
+        with duckdb.connect() as con:
+            rows = con.execute(
+                "SELECT job_id, status FROM read_parquet(?, union_by_name = true)", [paths]
+            ).fetchall()
+        return {str(job): str(status) for job, status in rows}
+
     def training_status(self, key: str) -> str | None:
         """'done', 'failed', or None when the training has no row yet."""
         return _status(self.training_path(key))
@@ -130,9 +158,28 @@ class Store:
         """Write a training row (``training_key`` names the file)."""
         _write_row(self.training_path(row["training_key"]), row)
 
-    def record_space(self, name: str, source: str, job_ids: list[str]) -> None:
-        body = json.dumps({"space": name, "source": source, "jobs": job_ids}, indent=1)
+    def record_space(
+        self, name: str, source: str, job_ids: list[str], fingerprint: str | None = None
+    ) -> None:
+        """Which jobs the space expanded to (``fingerprint``: see ``space_fingerprint``)."""
+        record = {"space": name, "source": source, "jobs": job_ids, "fingerprint": fingerprint}
+        body = json.dumps(record, indent=1)
         atomic_write(self.root / "spaces" / f"{name}.json", lambda tmp: tmp.write_text(body))
+
+    def finished(self, name: str, fingerprint: str) -> list[str] | None:
+        """The job ids of space ``name`` when it was recorded with ``fingerprint`` and every
+        one of them is done; else None. Needs neither torch nor the space's expansion."""
+        if Path(name).name != name or name.startswith("."):
+            return None
+        try:
+            record = json.loads((self.root / "spaces" / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if record.get("fingerprint") != fingerprint:
+            return None
+        jobs: list[str] = record["jobs"]
+        statuses = self.statuses(jobs)
+        return jobs if all(statuses.get(job) == "done" for job in jobs) else None
 
     def _views(self, temp: bool) -> list[str]:
         kind = "TEMP VIEW" if temp else "VIEW"
