@@ -53,8 +53,24 @@ def test_impossible_device_requests_are_spec_errors(
 
 
 def test_unknown_executor_is_a_spec_error() -> None:
-    with pytest.raises(SpecError, match="valid: local, serial, ray"):
+    with pytest.raises(SpecError, match="valid: serial, local, ray"):
         make_executor("threads")
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("serial", {"workers": 2}, "--workers cannot be used with --executor serial"),
+        ("local", {"gpus": 2}, "--gpus cannot be used with --executor local"),
+        ("ray", {"devices": ["0"]}, "--devices cannot be used with --executor ray"),
+        ("ray", {"gpus": 2, "address": "auto"}, "a cluster"),
+    ],
+)
+def test_options_of_another_executor_are_spec_errors(
+    name: str, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        make_executor(name, **options)  # type: ignore[arg-type]
 
 
 def test_local_workers_each_see_only_their_simulated_gpu(tmp_path: Path) -> None:

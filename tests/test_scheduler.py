@@ -228,3 +228,16 @@ def test_a_recorded_space_is_finished_only_with_its_fingerprint_and_every_job_do
     assert store.finished("../a", fingerprint) is None
     store.result_path(space.jobs[0].job_id).unlink()
     assert store.finished("a", fingerprint) is None
+
+
+def test_a_worker_builds_the_denoiser_once_for_consecutive_jobs_of_one_model(
+    tmp_path: Path,
+) -> None:
+    from edmgrid.engine.evaluate import load_denoiser
+
+    space = toy_space(tmp_path, "a", MIXTURES)
+    ring = [j for j in space.jobs if j.data.mixture == "ring8"]  # type: ignore[attr-defined]
+    grid = [j for j in space.jobs if j.data.mixture == "grid25"]  # type: ignore[attr-defined]
+    first = load_denoiser(ring[0], ring[0].data.load(), tmp_path)
+    assert load_denoiser(ring[1], ring[1].data.load(), tmp_path) is first
+    assert load_denoiser(grid[0], grid[0].data.load(), tmp_path) is not first

@@ -32,6 +32,28 @@ def build_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
     return AnalyticDenoiser(dataset.x, chunk=job.model.chunk)
 
 
+def model_key(job: JobSpec) -> str:
+    """Jobs with one model key sample from the same denoiser (data and model config)."""
+    return content_hash(job.model_dump(mode="json", include={"data", "model"}))
+
+
+#: The denoiser last built in this process, by (model key, cache dir).
+_LOADED: dict[tuple[str, Path], Denoiser] = {}
+
+
+def load_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+    """``build_denoiser``, remembering the last model built in this process.
+
+    Workers get the jobs of one model in a row (``run.runner.pick``), so each loads a
+    checkpoint once however many evaluations use it.
+    """
+    key = (model_key(job), cache_dir)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = build_denoiser(job, dataset, cache_dir)
+    return _LOADED[key]
+
+
 def sample_seeds(
     denoiser: Denoiser,
     spec: SamplerSpec,
@@ -69,7 +91,7 @@ def cached_samples(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tens
 def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Sample the job's seeds, check the samples are finite, and compute its metrics."""
     dataset = job.data.load()
-    denoiser = build_denoiser(job, dataset, cache_dir)
+    denoiser = load_denoiser(job, dataset, cache_dir)
     counter = CountingDenoiser(denoiser)
     seeds = job.seed_list
     samples = sample_seeds(counter, job.sampler, seeds, dataset.sample_shape, progress)

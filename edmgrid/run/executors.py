@@ -18,7 +18,6 @@ import contextlib
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -339,10 +338,11 @@ class RayExecutor:
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if self.address is None:
-                # a local Ray: its workers must import this edmgrid, wherever it lives
-                package_root = str(Path(__file__).resolve().parents[2])
-                path = os.pathsep.join([package_root, *sys.path[1:]])
-                options["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+                # a local Ray: its workers (in another cwd) must import this edmgrid
+                paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                path = [str(Path(__file__).resolve().parents[2])]
+                path += [os.path.abspath(p) for p in paths if p]
+                options["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(path)}}
                 options["num_gpus"] = self.gpus
             ray.init(address=self.address, **options)
             self.owns = True
@@ -408,11 +408,22 @@ def make_executor(
     gpus: int | None = None,
     address: str | None = None,
 ) -> Executor:
-    """The executor named on the command line (``--executor``)."""
+    """The executor named on the command line (``--executor``); options of another
+    executor are errors rather than silently ignored."""
+    given = {"--workers": workers, "--devices": devices, "--gpus": gpus, "--address": address}
+    allowed = {"serial": set(), "local": {"--workers", "--devices"}, "ray": {"--gpus", "--address"}}
+    if name not in allowed:
+        raise SpecError(f"unknown executor {name!r}; valid: {', '.join(allowed)}")
+    stray = [option for option, value in given.items() if value is not None]
+    stray = [option for option in stray if option not in allowed[name]]
+    if stray:
+        raise SpecError(f"{', '.join(stray)} cannot be used with --executor {name}")
+    if gpus is not None and address is not None:
+        raise SpecError(
+            "--gpus declares the GPUs of a local Ray; a cluster (--address) has its own"
+        )
     if name == "serial":
         return SerialExecutor()
     if name == "local":
         return LocalExecutor(workers=workers, devices=devices)
-    if name == "ray":
-        return RayExecutor(address=address, gpus=gpus)
-    raise SpecError(f"unknown executor {name!r}; valid: local, serial, ray")
+    return RayExecutor(address=address, gpus=gpus)

@@ -18,12 +18,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from edmgrid.engine import evaluate
 from edmgrid.run.claims import Claims, active_run
 from edmgrid.run.executors import Event, Executor, SerialExecutor
 from edmgrid.run.jobs import EngineTrainer, Task, Trainer, flatten, record_failed
 from edmgrid.run.store import Store
 from edmgrid.run.summary import Summary
-from edmgrid.spec.job import content_hash
+from edmgrid.spec.job import JobSpec
 from edmgrid.spec.space import Space
 
 #: How many ready tasks ``pick`` compares for each free worker.
@@ -42,7 +43,7 @@ class Plan:
     failed_trainings: dict[str, dict[str, Any]]  # not retried: their evaluations fail at once
 
 
-def pending(space: Space, store: Store, force: bool, retry_failed: bool) -> list[Any]:
+def pending(space: Space, store: Store, force: bool, retry_failed: bool) -> list[JobSpec]:
     """The jobs of a space that need evaluating."""
     statuses = {} if force else store.statuses([j.job_id for j in space.jobs])
     todo = []
@@ -86,9 +87,7 @@ def plan(
 
 def model_key(task: Task) -> str:
     """Tasks with one model key share a denoiser (a worker that loaded it can reuse it)."""
-    if task.training_key is not None:
-        return task.training_key
-    return content_hash(task.job.model_dump(mode="json", include={"data", "model"}))
+    return task.training_key or evaluate.model_key(task.job)
 
 
 def pick(
@@ -123,8 +122,7 @@ def pick(
         return task.kind == "train", model_key(task) == last_model, distance
 
     window = ready[:PICK_WINDOW]
-    best = max(range(len(window)), key=lambda i: (score(window[i]), -i))
-    return best
+    return max(range(len(window)), key=lambda i: (score(window[i]), -i))
 
 
 class _Display:
@@ -208,7 +206,7 @@ class _Scheduler:
         self.last_model: dict[int, str] = {}
         self.columns: dict[str, dict[str, Any]] = {}
         self.display: _Display | None = None
-        for task in the_plan.evaluations:
+        for task in the_plan.evaluations:  # wait for a planned training, else ready now
             self.waiting.get(task.training_key or "", self.ready).append(task)
 
     @property
@@ -297,7 +295,9 @@ class _Scheduler:
                 self.skip(task)
             elif status == "failed":
                 read = self.store.training_row if task.kind == "train" else self.store.row
-                self.record(task, read(task.key) or {})
+                row = read(task.key)
+                assert row is not None
+                self.record(task, row)
             else:  # the other run died before finishing it
                 self.ready.append(task)
 
