@@ -55,8 +55,8 @@ def test_sigkill_and_sigterm_mid_grid_then_rerun_gives_one_row_per_job(tmp_path:
     space = toy_space(tmp_path, "kill", GRID, seeds="0-31")
     path = Path(space.source)
     results = tmp_path / "results"
-    for executor in ("local", "serial", "local"):
-        proc = edmgrid_run(path, results, "-x", executor, "-w", "2")
+    for executor in (["-x", "local", "-w", "2"], ["-x", "serial"], ["-w", "2"]):
+        proc = edmgrid_run(path, results, *executor)
         kill_mid_grid(proc, results, signal.SIGKILL)
         assert proc.returncode == -signal.SIGKILL
     proc = edmgrid_run(path, results, "-x", "local", "-w", "2")
