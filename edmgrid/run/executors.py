@@ -404,6 +404,9 @@ class RayExecutor:
         from edmgrid.run.jobs import record_failed
         from edmgrid.run.store import Store
 
+        if not self.running:  # only waiting on another run's claims
+            time.sleep(timeout)
+            return
         ready, _ = ray.wait(list(self.running), num_returns=1, timeout=timeout)
         if ready:
             ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
