@@ -17,7 +17,13 @@ from conftest import GaussianDenoiser
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from edmgrid.design.solver import Multistep, Solver, adams_bashforth_weights, solvers
+from edmgrid.design.solver import (
+    Multistep,
+    Solver,
+    StepNoise,
+    adams_bashforth_weights,
+    solvers,
+)
 from edmgrid.engine.data import Digits
 from edmgrid.engine.denoiser import AnalyticDenoiser
 from edmgrid.engine.metrics import Evaluation, ODEError
@@ -142,7 +148,7 @@ def test_churn_raises_sigma_by_one_plus_gamma(S_churn, num_steps, gamma):
     t = torch.tensor(1.5, dtype=torch.float64)
     S_noise = 1.007
     churn = solvers["heun"](S_churn=S_churn, S_noise=S_noise)
-    x_hat, t_hat = churn.churn(ode, x, t, num_steps, torch.ones_like)
+    x_hat, t_hat = churn.churn(ode, x, t, num_steps, StepNoise(torch.ones_like))
     assert float(ode.sigma(t_hat) / ode.sigma(t)) == pytest.approx(1 + gamma, rel=1e-12)
     noise = math.sqrt((1.5 * (1 + gamma)) ** 2 - 1.5**2) * S_noise
     torch.testing.assert_close(x_hat, torch.full_like(x, noise), rtol=1e-12, atol=0)
@@ -155,7 +161,9 @@ def test_churn_applies_only_within_s_min_and_s_max(sigma, churned):
     ode = linear_flow().ode
     churn = solvers["euler"](S_churn=2.0, S_min=0.5, S_max=2.0)
     t = torch.tensor(sigma, dtype=torch.float64)
-    _, t_hat = churn.churn(ode, torch.zeros(2, dtype=torch.float64), t, 20, torch.ones_like)
+    _, t_hat = churn.churn(
+        ode, torch.zeros(2, dtype=torch.float64), t, 20, StepNoise(torch.ones_like)
+    )
     assert float(t_hat / t) == pytest.approx(1.1 if churned else 1.0, rel=1e-12)
 
 
@@ -163,7 +171,7 @@ def test_churn_in_vp_parameterisation_rescales_x_and_scales_noise_by_s():
     p = plan(GaussianDenoiser(), spec({"name": "heun"}, 20, **VP))
     ode, t = p.ode, p.t_steps[5]
     x = torch.tensor([0.3, -1.2], dtype=torch.float64)
-    x_hat, t_hat = solvers["heun"](S_churn=2.0).churn(ode, x, t, 20, torch.ones_like)
+    x_hat, t_hat = solvers["heun"](S_churn=2.0).churn(ode, x, t, 20, StepNoise(torch.ones_like))
     sigma, sigma_hat, s, s_hat = ode.sigma(t), ode.sigma(t_hat), ode.s(t), ode.s(t_hat)
     assert float(sigma_hat / sigma) == pytest.approx(1.1, rel=1e-12)
     expected = s_hat / s * x + (sigma_hat**2 - sigma**2).sqrt() * s_hat
@@ -171,31 +179,43 @@ def test_churn_in_vp_parameterisation_rescales_x_and_scales_noise_by_s():
 
 
 class CountingNoise:
-    """randn_like that counts its draws and returns large noise (so any use of it shows)."""
+    """randn_like whose n-th draw is filled with n (so which draw a step used shows)."""
 
     def __init__(self) -> None:
         self.draws = 0
 
     def __call__(self, x: Tensor) -> Tensor:
         self.draws += 1
-        return torch.full_like(x, 1e3)
+        return torch.full_like(x, float(self.draws))
 
 
 @pytest.mark.parametrize(
-    ("churn", "used"),
+    ("churn", "draws"),
     [
-        ({"S_churn": 0.0}, False),
-        ({"S_churn": 5.0, "S_min": 1e3, "S_max": 1e4}, False),  # no σ_i in [S_min, S_max]
-        ({"S_churn": 5.0}, True),
+        ({"S_churn": 0.0}, 0),
+        ({"S_churn": 5.0, "S_min": 1e3, "S_max": 1e4}, 0),  # no σ_i in [S_min, S_max]
+        ({"S_churn": 5.0, "S_max": 1.0}, 10),  # the last steps churn: every draw is owed
+        ({"S_churn": 5.0, "S_min": 1.0}, 6),  # σ_0 … σ_5 ≥ 1 churn, later draws unused
     ],
 )
-def test_noise_is_drawn_every_step_and_added_only_when_churning(churn, used):
+def test_noise_is_drawn_only_up_to_the_last_step_that_uses_it(churn, draws):
     g, latents = GaussianDenoiser(), torch.randn(3, 4, dtype=torch.float64)
     noise = CountingNoise()
     x = sample(g, latents, spec({"name": "heun", **churn}, 10), randn_like=noise)
-    deterministic = sample(g, latents, spec({"name": "heun"}, 10), randn_like=torch.zeros_like)
-    assert noise.draws == 10
-    assert torch.equal(x, deterministic) is not used
+    deterministic = sample(g, latents, spec({"name": "heun"}, 10))
+    assert noise.draws == draws
+    assert torch.equal(x, deterministic) is (draws == 0)
+
+
+def test_the_noise_of_step_i_is_the_i_th_draw_as_in_the_official_sampler():
+    ode = linear_flow().ode
+    churn = solvers["heun"](S_churn=2.0, S_min=0.9, S_max=1.1)
+    noise, x = StepNoise(CountingNoise()), torch.zeros(2, dtype=torch.float64)
+    for sigma in (3.0, 2.0, 1.5):  # outside [S_min, S_max]: no churn, draws owed
+        assert churn.churn(ode, x, torch.tensor(sigma), 20, noise)[0] is x
+    x_hat, _ = churn.churn(ode, x, torch.tensor(1.0, dtype=torch.float64), 20, noise)
+    std = math.sqrt(1.1**2 - 1)
+    torch.testing.assert_close(x_hat, torch.full_like(x, 4 * std), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
-"""ODE/SDE solvers over a time grid t_0 > … > t_N = 0 (EDM Algorithms 1–3).
+"""ODE/SDE solvers over a time grid t_0 > … > t_N = 0 (EDM Algorithms 1–3, and multistep).
 
-Every solver has one signature, ``solve(ode, x, t_steps, randn_like) -> x``, and the
-stochastic "churn" of Algorithm 2 (S_churn, S_min, S_max, S_noise). The derivative is
-evaluated at (x̂, t̂); the last step into t_N = 0 is always an Euler step.
+Every solver has one signature, ``solve(ode, x, t_steps, randn_like) -> x``; the last step
+into t_N = 0 is always an Euler step. Euler and Heun carry the stochastic "churn" of
+Algorithm 2 (S_churn, S_min, S_max, S_noise) and evaluate the derivative at (x̂, t̂); the
+multistep solvers (DPM-Solver++, iPNDM) are deterministic and work in x̃ = x/s and σ.
 """
 
 from __future__ import annotations
@@ -23,6 +24,30 @@ solvers = Registry("solver", "ODE solver with the stochastic churn of Algorithm 
 RandnLike = Callable[[Tensor], Tensor]
 
 
+class StepNoise:
+    """The churn noise of one solve: step i uses the i-th draw of ``randn_like``.
+
+    The official sampler draws at every step, used or not; so that each seed's stream gives
+    the same noise as there, the draws of the steps without churn are made too, but only
+    when a later step needs noise. Draws that no step uses, all of them when S_churn = 0,
+    are left out: they would change no sample, and cost as much as a cheap denoiser call.
+    """
+
+    def __init__(self, randn_like: RandnLike) -> None:
+        self.randn_like, self.pending = randn_like, 0
+
+    def skip(self) -> None:
+        """A step without churn: its draw is owed."""
+        self.pending += 1
+
+    def draw(self, x: Tensor) -> Tensor:
+        """The noise of this step, after the owed draws (discarded)."""
+        for _ in range(self.pending):
+            self.randn_like(x)
+        self.pending = 0
+        return self.randn_like(x)
+
+
 class Solver(Choice):
     """A solver with Algorithm 2's churn: γ_i = min(S_churn/N, √2−1) where S_min ≤ σ_i ≤ S_max."""
 
@@ -39,23 +64,18 @@ class Solver(Choice):
         return self
 
     def churn(
-        self, ode: ProbabilityFlow, x: Tensor, t: Tensor, num_steps: int, randn_like: RandnLike
+        self, ode: ProbabilityFlow, x: Tensor, t: Tensor, num_steps: int, noise: StepNoise
     ) -> tuple[Tensor, Tensor]:
-        """Raise the noise level of x from σ(t) to σ(t̂) = (1+γ)σ(t) (Algorithm 2, lines 4–6).
-
-        The noise is drawn at every step, as the official sampler does, so each seed's stream
-        (and hence its sample) matches it whatever S_churn, S_min and S_max are; when γ = 0
-        it is drawn and not used.
-        """
-        eps = randn_like(x)
+        """Raise the noise level of x from σ(t) to σ(t̂) = (1+γ)σ(t) (Algorithm 2, lines 4–6)."""
         sigma = ode.sigma(t)
         gamma = min(self.S_churn / num_steps, math.sqrt(2) - 1)
         if gamma == 0 or not self.S_min <= float(sigma) <= self.S_max:
+            noise.skip()
             return x, t
         t_hat = ode.t_of_sigma(sigma * (1 + gamma))
         sigma_hat, s_hat = ode.sigma(t_hat), ode.s(t_hat)
-        noise = (sigma_hat**2 - sigma**2).clamp(min=0).sqrt() * s_hat * self.S_noise
-        return s_hat / ode.s(t) * x + noise * eps, t_hat
+        std = (sigma_hat**2 - sigma**2).clamp(min=0).sqrt() * s_hat * self.S_noise
+        return s_hat / ode.s(t) * x + std * noise.draw(x), t_hat
 
     def solve(
         self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
@@ -72,10 +92,10 @@ class Euler(Solver):
     def solve(
         self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
     ) -> Tensor:
-        num_steps = len(t_steps) - 1
+        num_steps, noise = len(t_steps) - 1, StepNoise(randn_like)
         for t_cur, t_next in itertools.pairwise(t_steps):
-            x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, randn_like)
-            x = x_hat + (t_next - t_hat) * ode.derivative(x_hat, t_hat)
+            x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, noise)
+            x = x_hat.add(ode.derivative(x_hat, t_hat), alpha=float(t_next - t_hat))
         return x
 
 
@@ -89,16 +109,16 @@ class Heun(Solver):
     def solve(
         self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
     ) -> Tensor:
-        num_steps, a = len(t_steps) - 1, self.alpha
+        num_steps, a, noise = len(t_steps) - 1, self.alpha, StepNoise(randn_like)
         for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
-            x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, randn_like)
-            h = t_next - t_hat
+            x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, noise)
+            h = float(t_next - t_hat)
             d_cur = ode.derivative(x_hat, t_hat)
             if i == num_steps - 1:  # Euler into t_N = 0
-                x = x_hat + h * d_cur
+                x = x_hat.add(d_cur, alpha=h)
                 continue
-            d_prime = ode.derivative(x_hat + a * h * d_cur, t_hat + a * h)
-            x = x_hat + h * ((1 - 1 / (2 * a)) * d_cur + 1 / (2 * a) * d_prime)
+            d_prime = ode.derivative(x_hat.add(d_cur, alpha=a * h), t_hat + a * h)
+            x = x_hat.add(d_cur, alpha=h * (1 - 1 / (2 * a))).add_(d_prime, alpha=h / (2 * a))
         return x
 
 
