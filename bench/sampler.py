@@ -2,15 +2,16 @@
 
 1. Overhead: ``edmgrid.sample`` (EDM Heun, 18 steps) with a fixed-cost conv-net denoiser
    against (a) the same number of bare denoiser calls and (b) a plain float64 Heun loop.
-2. NFE to target: the fewest NFE at which each Table 1 family's original sampler, and the
-   improved one (Heun, EDM steps, σ(t) = t, s = 1 over the family's σ range), reach the ODE
-   error of EDM's Heun at 35 NFE on the digits analytic denoiser (the analogue of Fig. 2).
-3. Solvers: ODE error against NFE for every solver, and the NFE each needs for Heun-35's error.
+2. NFE to target: the NFE at which each Table 1 family's original sampler, and the improved
+   one (Heun, EDM steps, σ(t) = t, s = 1 over the family's σ range), get within multiples of
+   τ, the ODE error of EDM's Heun at 35 NFE on the digits analytic denoiser (cf. Fig. 2).
+3. Solvers: ODE error against NFE for every solver, and the NFE each needs for error τ.
 
 ODE error is ``ode_error``: the RMS distance to EDM Heun with 256 steps over the run's own
 [σ_{N−1}, σ_0], from the same latents. On the ideal denoiser most samples land exactly on the
 reference's data point and a few on another one, so the error moves in steps of about
-0.6/sqrt(samples) and is not monotone in NFE; the search below assumes it is.
+0.6/sqrt(samples) and is not monotone in NFE: "NFE to reach τ" is read off a ladder of step
+counts as the least NFE from which on the error stays ≤ τ.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Size:
     repeats: int = 10
     samples: int = 512  # parts 2 and 3
     max_steps: int = 8192
+    solver_max_steps: int = 2048
     reference_steps: int = 256  # ODEError's default
     budgets: tuple[int, ...] = (5, 6, 8, 10, 12, 15, 20, 25, 35, 50, 79)
 
@@ -58,6 +60,7 @@ TINY = Size(
     repeats=1,
     samples=4,
     max_steps=8,
+    solver_max_steps=8,
     reference_steps=8,
     budgets=(5, 9),
 )
@@ -94,18 +97,18 @@ def run(tiny: bool) -> str:
     with one_thread():
         overhead_table = overhead(size)
         probe = Probe(size.samples, ODEError(reference_steps=size.reference_steps))
-        target = probe.error(edm_spec(18))[1]
-        print(f"target: ODE error of EDM Heun at 35 NFE = {target:.4f}", flush=True)
-        families_table = nfe_to_target_table(probe, target, size)
-        solvers_table = solver_curves(probe, target, size)
+        tau = probe.error(edm_spec(18))[1]
+        print(f"τ = ODE error of EDM Heun at 35 NFE = {tau:.4f}", flush=True)
+        families_table = nfe_to_target_table(probe, tau, size)
+        solvers_table = solver_curves(probe, tau, size)
     return "\n\n".join(
         [
             "One torch thread. Ratios compare figures measured in this same run.",
             f"### 1. Sampler overhead (batch {size.batch}, conv net with {size.channels} "
             f"channels, Heun {size.num_steps} steps; best of {size.repeats})",
             overhead_table,
-            f"### 2. NFE to reach EDM Heun-35's ODE error ({target:.4f}), digits analytic "
-            f"denoiser, {size.samples} samples",
+            f"### 2. NFE to reach an ODE error threshold (τ = {tau:.4f}, EDM Heun-35's), "
+            f"digits analytic denoiser, {size.samples} samples",
             families_table,
             "### 3. Solvers: ODE error against NFE (EDM steps, ρ = 7, σ ∈ [0.002, 80])",
             solvers_table,
@@ -278,33 +281,43 @@ class Probe:
         return counter.evaluations / len(self.latents), rms_distance(x, self.references[key])
 
 
+def ladder(max_steps: int) -> list[int]:
+    """Step counts growing by about √2 from 2: 2, 3, 4, 6, 8, 11, 16, 23, 32, … ≤ max_steps."""
+    steps = {round(2 * math.sqrt(2) ** k) for k in range(2 * max_steps.bit_length())}
+    return sorted(n for n in steps if n <= max_steps)
+
+
 @dataclass(frozen=True)
-class Hit:
-    num_steps: int
-    nfe: float
-    error: float
+class Curve:
+    """(NFE, ODE error) of one sampler over the step ladder, NFE increasing."""
+
+    points: tuple[tuple[float, float], ...]
+
+    def nfe_below(self, tau: float) -> float | None:
+        """The least NFE from which on every point of the curve has error ≤ τ."""
+        nfe = None
+        for n, error in reversed(self.points):
+            if error > tau:
+                break
+            nfe = n
+        return nfe
+
+    def __str__(self) -> str:
+        return " ".join(f"{n:.0f}:{e:.3f}" for n, e in self.points)
 
 
-def nfe_to_target(
-    probe: Probe, make: Callable[[int], SamplerSpec], target: float, max_steps: int
-) -> Hit | None:
-    """The fewest steps N whose ODE error ≤ target: N doubles from 2, then bisection to 5%."""
-    hits: dict[int, Hit] = {}
+def curve(probe: Probe, make: Callable[[int], SamplerSpec], max_steps: int, floor: float) -> Curve:
+    """Errors over ``ladder(max_steps)``, stopping after three points in a row ≤ floor."""
+    points: list[tuple[float, float]] = []
+    for n in ladder(max_steps):
+        points.append(probe.error(make(n)))
+        if len(points) >= 3 and all(e <= floor for _, e in points[-3:]):
+            break
+    return Curve(tuple(points))
 
-    def reaches(n: int) -> bool:
-        hits[n] = Hit(n, *probe.error(make(n)))
-        return hits[n].error <= target
 
-    hi = 2
-    while not reaches(hi):
-        if hi >= max_steps:
-            return None
-        hi = min(2 * hi, max_steps)
-    lo = hi // 2
-    while hi - lo > max(1, hi // 20):
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
-    return hits[hi]
+#: Error thresholds, as multiples of EDM Heun-35's ODE error τ.
+TAUS = (2.0, 1.0, 0.5)
 
 
 def original(family: str, num_steps: int) -> SamplerSpec:
@@ -314,38 +327,46 @@ def original(family: str, num_steps: int) -> SamplerSpec:
     )
 
 
-def nfe_to_target_table(probe: Probe, target: float, size: Size) -> str:
+def fmt_nfe(nfe: float | None) -> str:
+    return "–" if nfe is None else f"{nfe:.0f}"
+
+
+def fmt_cut(slow: float | None, fast: float | None) -> str:
+    return "–" if slow is None or fast is None else f"{slow / fast:.1f}×"
+
+
+def nfe_to_target_table(probe: Probe, tau: float, size: Size) -> str:
+    heads = " | ".join(f"error ≤ {k:g}τ" if k != 1 else "error ≤ τ" for k in TAUS)
     rows = [
-        "| family | σ range | original NFE (error) | improved NFE (error) | cut | paper |",
-        "|---|---|---|---|---|---|",
+        f"| family | σ range | {heads} | paper (FID) |",
+        "|---|---|" + "---|" * (len(TAUS) + 1),
     ]
+    curves = []
     for family, (paper_original, paper_improved) in PAPER_NFE.items():
         lo, hi = probe.sigma_range(original(family, 2))
-        orig = nfe_to_target(probe, partial(original, family), target, size.max_steps)
-        improved = partial(edm_spec, sigma_min=lo, sigma_max=hi)
-        impr = nfe_to_target(probe, improved, target, size.max_steps)
-        cut = f"{orig.nfe / impr.nfe:.1f}×" if orig and impr else "–"
-        paper = f"{paper_original}→{paper_improved} = {paper_original / paper_improved:.1f}×"
-        rows.append(
-            f"| {family} | [{lo:.4g}, {hi:.4g}] | {fmt_hit(orig)} | {fmt_hit(impr)} | {cut} "
-            f"| {paper} |"
-        )
-        print(
-            f"{family}: original {fmt_hit(orig)}, improved {fmt_hit(impr)}, cut {cut} "
-            f"(paper {paper})",
-            flush=True,
-        )
-    edm = nfe_to_target(probe, edm_spec, target, size.max_steps)
-    rows.append(f"| edm | [0.002, 80] | {fmt_hit(edm)} | (same) | 1.0× | 35 |")
-    rows.append(
-        f"\nSearch: N doubles from 2 up to {size.max_steps}, then bisection to 5%; "
-        "'–' = not reached."
+        floor = min(TAUS) * tau
+        orig = curve(probe, partial(original, family), size.max_steps, floor)
+        impr = curve(probe, partial(edm_spec, sigma_min=lo, sigma_max=hi), size.max_steps, floor)
+        cells = []
+        for k in TAUS:
+            slow, fast = orig.nfe_below(k * tau), impr.nfe_below(k * tau)
+            cells.append(f"{fmt_nfe(slow)} → {fmt_nfe(fast)} = {fmt_cut(slow, fast)}")
+        paper = f"{paper_original} → {paper_improved} = {paper_original / paper_improved:.1f}×"
+        rows.append(f"| {family} | [{lo:.4g}, {hi:.4g}] | {' | '.join(cells)} | {paper} |")
+        print(f"{family}: {' | '.join(cells)} (paper {paper})", flush=True)
+        curves += [f"- {family} original: {orig}", f"- {family} improved: {impr}"]
+    edm = curve(probe, edm_spec, size.max_steps, min(TAUS) * tau)
+    cells = [fmt_nfe(edm.nfe_below(k * tau)) for k in TAUS]
+    rows.append(f"| edm (Heun, EDM steps) | [0.002, 80] | {' | '.join(cells)} | 35 |")
+    curves.append(f"- edm: {edm}")
+    notes = (
+        f"\n\nCells: NFE of the original sampler → the improved one (Heun, EDM steps, σ(t) = t, "
+        "s = 1, same σ range) = the cut. NFE is the least on a ladder of step counts "
+        "(×√2) from which on the error stays within the threshold; '–': not within "
+        f"{size.max_steps} steps. The paper's cuts are for FID (Fig. 2, Table 3).\n\n"
+        "Curves (NFE:error):\n"
     )
-    return "\n".join(rows)
-
-
-def fmt_hit(hit: Hit | None) -> str:
-    return "–" if hit is None else f"{hit.nfe:.0f} ({hit.error:.4f})"
+    return "\n".join(rows) + notes + "\n".join(curves)
 
 
 def steps_within(solver: dict[str, Any], budget: int) -> int:
@@ -353,34 +374,35 @@ def steps_within(solver: dict[str, Any], budget: int) -> int:
     return (budget + 1) // 2 if solver["name"] == "heun" else budget
 
 
-def solver_curves(probe: Probe, target: float, size: Size) -> str:
+def solver_curves(probe: Probe, tau: float, size: Size) -> str:
     head = " | ".join(f"≤{b}" for b in size.budgets)
     rows = [
-        f"| solver | {head} | NFE for Heun-35's error | NFE cut vs 35 |",
+        f"| solver | {head} | NFE for error ≤ τ | NFE cut vs heun |",
         "|---|" + "---|" * (len(size.budgets) + 2),
     ]
     errors_at: dict[str, dict[int, float]] = {}
+    nfe_at_tau: dict[str, float | None] = {}
     for label, solver in SOLVERS.items():
         errors_at[label] = {}
-        cells = []
         for budget in size.budgets:
-            spec = edm_spec(steps_within(solver, budget), solver)
-            nfe, error = probe.error(spec)
+            nfe, error = probe.error(edm_spec(steps_within(solver, budget), solver))
             assert nfe <= budget, (label, budget, nfe)
             errors_at[label][budget] = error
-            cells.append(f"{error:.3f}")
-        hit = nfe_to_target(probe, partial(edm_spec, solver=solver), target, size.max_steps)
-        cut = "–" if hit is None else f"{35 / hit.nfe:.2f}×"
-        rows.append(f"| {label} | {' | '.join(cells)} | {fmt_hit(hit)} | {cut} |")
-        print(f"{label}: {' '.join(cells)}; target at {fmt_hit(hit)}", flush=True)
+        ladder_curve = curve(probe, partial(edm_spec, solver=solver), size.solver_max_steps, tau)
+        nfe_at_tau[label] = ladder_curve.nfe_below(tau)
+    for label in SOLVERS:
+        cells = " | ".join(f"{errors_at[label][b]:.3f}" for b in size.budgets)
+        cut = fmt_cut(nfe_at_tau["heun"], nfe_at_tau[label])
+        rows.append(f"| {label} | {cells} | {fmt_nfe(nfe_at_tau[label])} | {cut} |")
+        print(f"{label}: {cells}; error ≤ τ from NFE {fmt_nfe(nfe_at_tau[label])}", flush=True)
     budget = max((b for b in size.budgets if b <= 20), default=min(size.budgets))
     dpmpp = {k: errors_at[k][budget] for k in SOLVERS if k.startswith("dpmpp order")}
     best = min(dpmpp, key=dpmpp.__getitem__)
-    verdict = "matches" if dpmpp[best] <= target else "does not match"
+    verdict = "matches" if dpmpp[best] <= tau else "does not match"
     rows.append(
-        f"\nHeun-35 error {target:.4f}. Best DPM-Solver++ within {budget} NFE: {best}, "
-        f"error {dpmpp[best]:.4f} = {dpmpp[best] / target:.2f}× Heun-35's: it {verdict} "
-        "Heun-35."
+        f"\nCells: ODE error with the most EDM steps whose NFE fits the budget. τ = {tau:.4f} "
+        f"(EDM Heun, 35 NFE). Best DPM-Solver++ within {budget} NFE: {best}, error "
+        f"{dpmpp[best]:.4f} = {dpmpp[best] / tau:.2f}τ: it {verdict} Heun-35."
     )
     print(rows[-1].strip(), flush=True)
     return "\n".join(rows)
