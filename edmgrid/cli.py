@@ -120,8 +120,14 @@ def show(
     import pandas as pd
 
     frame = pd.DataFrame([{"job_id": j.job_id, **flatten(j.resolved())} for j in loaded.jobs])
-    varying = [c for c in frame.columns if c == "job_id" or frame[c].astype(str).nunique() > 1]
-    _print_frame(frame[varying], "table", title=f"{loaded.name}: {len(loaded.jobs)} jobs")
+    varying = [c for c in frame.columns[1:] if frame[c].astype(str).nunique() > 1]
+    settings = (
+        frame[varying]
+        .astype(str)
+        .apply(lambda row: "  ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+    )
+    table = pd.DataFrame({"job_id": frame["job_id"], "varying settings": settings})
+    _print_frame(table, "table", title=f"{loaded.name}: {len(loaded.jobs)} jobs")
 
 
 @app.command()

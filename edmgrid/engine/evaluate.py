@@ -11,12 +11,12 @@ import torch
 from torch import Tensor
 
 from edmgrid.engine.data import Dataset
-from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser
+from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser, TorchDenoiser
 from edmgrid.engine.metrics import Evaluation
 from edmgrid.engine.sample import CountingDenoiser, SeedRNG, plan, sample
 from edmgrid.errors import JobError
 from edmgrid.spec.job import JobSpec, content_hash
-from edmgrid.spec.model import AnalyticModel
+from edmgrid.spec.model import AnalyticModel, TrainedModel
 from edmgrid.spec.sampler import SamplerSpec
 
 #: Samples per denoiser call; results do not depend on it (one generator per seed).
@@ -26,7 +26,12 @@ Progress = Callable[[int, int], None]
 
 
 def build_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-    """The job's denoiser: the analytic one of the data set."""
+    """The job's denoiser: the analytic one of the data set, or a trained network."""
+    if isinstance(job.model, TrainedModel):
+        from edmgrid.engine.train import load_trained
+
+        net = load_trained(job, dataset, cache_dir)
+        return TorchDenoiser(net)
     assert isinstance(job.model, AnalyticModel)
     return AnalyticDenoiser(dataset.x, chunk=job.model.chunk)
 

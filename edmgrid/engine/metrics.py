@@ -78,3 +78,22 @@ class FDRaw(Metric):
         mu1, s1 = feature_statistics(ev.samples.flatten(1).numpy())
         mu2, s2 = feature_statistics(ev.dataset.x.flatten(1).numpy())
         return {"fd_raw": frechet_distance(mu1, s1, mu2, s2)}
+
+
+@metrics.register
+class FD(Metric):
+    """Fréchet distance of samples and data in a small classifier's features (digits' FID).
+
+    The classifier is trained once per data set on its labels and cached by content hash.
+    """
+
+    name: Literal["fd"] = "fd"
+
+    def compute(self, ev: Evaluation) -> dict[str, float]:
+        from edmgrid.engine.classifier import features, trained_classifier
+
+        classifier = trained_classifier(ev.dataset, ev.cache_dir)
+        samples = ev.samples.clamp(-1, 1) if ev.dataset.is_image else ev.samples
+        mu1, s1 = feature_statistics(features(classifier, samples))
+        mu2, s2 = feature_statistics(features(classifier, ev.dataset.x))
+        return {"fd": frechet_distance(mu1, s1, mu2, s2)}

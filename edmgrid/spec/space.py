@@ -72,7 +72,8 @@ def resolve_presets(node: Any, scope: str = "") -> Any:
             if name not in table:
                 valid = ", ".join(table)
                 raise SpecError(f"unknown {scope} preset {name!r}; valid: {valid}", path=scope)
-            out = deep_merge(out, copy.deepcopy(table[name]))
+            entry = table[name]
+            out = deep_merge(out, entry(node) if callable(entry) else copy.deepcopy(entry))
     rest = {k: v for k, v in node.items() if k != "preset"}
     merged = deep_merge(out, rest)
     return {k: resolve_presets(v, k) for k, v in merged.items()}
