@@ -60,6 +60,8 @@ def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if hasattr(value, "__len__") and not isinstance(value, str):  # fid_runs, fid_seeds
+        return ", ".join(_cell(v) for v in value)
     return "" if value is None else str(value)
 
 

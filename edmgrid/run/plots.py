@@ -111,10 +111,12 @@ def _lines(ax: Any, frame: Any, value: str) -> None:
     plain = _plain_numbers()
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(plain)
-    if (frame[value] > 0).all():
+    low, high = frame[value].min(), frame[value].max()
+    if low > 0:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(_plain_numbers(mantissas=(2, 3, 5)))
+        few = None if high < 10 * low else (2, 3, 5)  # within a decade: label every tick
+        ax.yaxis.set_minor_formatter(_plain_numbers(mantissas=few))
     ax.set_xlabel("NFE")
     ax.set_ylabel(value)
     ax.legend(fontsize=7)
