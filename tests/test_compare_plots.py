@@ -149,3 +149,13 @@ def test_samples_of_points_are_a_scatter_over_the_data(tmp_path: Path) -> None:
 def test_samples_of_an_unknown_job_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="no result for job 0123456789abcdef"):
         Store(tmp_path).config("0123456789abcdef")
+
+
+def test_list_columns_print_as_comma_separated_cells(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.write({"job_id": "0" * 16, "status": "done", "fid_runs": [2.0, 3.5],
+                 "fid_seeds": ["0-9", "10-19"]})  # fmt: skip
+    args = ["sql", "SELECT fid_runs, fid_seeds FROM runs", "-r", str(tmp_path), "--format",
+            "markdown"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.output.splitlines()[-1] == "| 2, 3.5 | 0-9, 10-19 |"
