@@ -51,12 +51,20 @@ def pivot(
     value: str,
     allow_mixed: bool = False,
 ) -> Any:
-    """ROWS × COLS → VALUE (the mean if several jobs share a cell)."""
+    """ROWS × COLS → VALUE (the mean if several jobs share a cell).
+
+    When every column has one NFE, it is appended as a last row ``NFE``, as in Table 2.
+    """
     frame = load_runs(store, space)
     check_columns(frame, [*rows, *cols, value])
     if not allow_mixed:
         check_comparable(frame, value)
     table = frame.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean")
+    if value != "nfe" and "nfe" in frame.columns and len(rows) == 1:
+        nfe = frame.pivot_table(index=rows, columns=cols, values="nfe", aggfunc=["min", "max"])
+        lo, hi = nfe["min"].min(), nfe["max"].max()
+        if (lo == hi).all():
+            table.loc["NFE"] = lo
     table.columns = [
         "/".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in table.columns
     ]
