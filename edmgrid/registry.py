@@ -14,7 +14,7 @@ Schemas are validated as a discriminated union on the registry's key (``name`` f
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, TypeVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 from pydantic import (
     BaseModel,
@@ -72,6 +72,9 @@ class Choice(Strict):
     """Base of every registered choice: frozen, and unknown fields are errors."""
 
     model_config = ConfigDict(frozen=True, protected_namespaces=(), ser_json_inf_nan="constants")
+
+    #: Fields naming local files or folders the choice reads; ``edmgrid run`` checks they exist.
+    input_paths: ClassVar[tuple[str, ...]] = ()
 
 
 class Registry:

@@ -4,7 +4,7 @@ run and resume, show, axes, compare and read-only sql; usage errors are exit 2."
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from edmgrid.spec.space import load_space
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = """name: tiny
 base:
@@ -23,14 +25,6 @@ grid:
   sampler.solver.name: [euler, heun]
   sampler.timesteps.num_steps: [2, 3]
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +141,7 @@ def test_unknown_output_format_is_bad_input(
     _, results = ran
     result = cli("sql", "SELECT 1", "--results", results, "--format", "xml")
     assert result.code == 2
-    assert "valid: table, csv, markdown, json" in result.err
+    assert "valid: table, csv, markdown, latex, json" in result.err
 
 
 @pytest.mark.parametrize(

@@ -5,15 +5,16 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from edmgrid.errors import SpecError
-from edmgrid.registry import Strict
+from edmgrid.registry import Choice, Strict
 from edmgrid.run.store import check_space_name
 from edmgrid.spec.job import JobSpec
 from edmgrid.spec.presets import PRESETS
@@ -84,7 +85,11 @@ def resolve_presets(node: Any, scope: str = "", where: str = "") -> Any:
             if not isinstance(name, str) or name not in table:
                 valid = ", ".join(table)
                 raise SpecError(f"unknown {scope} preset {name!r}; valid: {valid}", path=here)
-            out = deep_merge(out, copy.deepcopy(table[name]))
+            entry = table[name]
+            try:
+                out = deep_merge(out, entry(node) if callable(entry) else copy.deepcopy(entry))
+            except ValueError as e:  # a preset computed from its node's keys (Table 2's budget)
+                raise SpecError(f"{scope} preset {name!r}: {e}", path=here) from None
     rest = {k: v for k, v in node.items() if k != "preset"}
     merged = deep_merge(out, rest)
     return {
@@ -265,10 +270,32 @@ def parse_yaml(text: str, file: str) -> tuple[Any, _LineIndex]:
         loader.dispose()
 
 
-def load_space(path: str | Path, max_jobs: int | None = MAX_JOBS) -> Space:
+def missing_inputs(node: BaseModel, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(field path, value) of every input file or folder a job names that does not exist."""
+    if isinstance(node, Choice):
+        for field in node.input_paths:
+            value = getattr(node, field)
+            if value is not None and not Path(value).expanduser().exists():
+                yield f"{prefix}{field}", value
+    for field in type(node).model_fields:
+        value = getattr(node, field)
+        for i, child in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(child, BaseModel):
+                where = f"{prefix}{field}[{i}]." if isinstance(value, list) else f"{prefix}{field}."
+                yield from missing_inputs(child, where)
+
+
+def load_space(
+    path: str | Path,
+    max_jobs: int | None = MAX_JOBS,
+    overrides: dict[str, Any] | None = None,
+    check_inputs: bool = False,
+) -> Space:
     """Parse, expand and validate a space file; every problem is a SpecError naming the spot.
 
     Grids over ``max_jobs`` jobs (None: no limit) are refused before they are expanded.
+    ``overrides`` maps dotted paths to values set in every job (``--data`` sets ``data.path``).
+    ``check_inputs``: the data sets, network pickles and weights the jobs name must exist.
     """
     path = Path(path)
     raw, lines = parse_yaml(read_text(path), str(path))
@@ -286,12 +313,24 @@ def load_space(path: str | Path, max_jobs: int | None = MAX_JOBS) -> Space:
         raise SpecError(e.reason, file=str(path), line=line, path=e.path) from None
     jobs: dict[str, JobSpec] = {}
     for i, config in enumerate(configs):
+        for key, value in (overrides or {}).items():
+            set_path(config, key, value)
         try:
             job = JobSpec.model_validate(config)
         except ValidationError as e:
             reason, where = explain(e.errors()[0], config)
             line = lines.find(*_sources(where, file))
             raise SpecError(f"{reason} (job {i})", file=str(path), line=line, path=where) from None
+        missing = next(missing_inputs(job), None) if check_inputs else None
+        if missing is not None:
+            where, value = missing
+            raise SpecError(
+                f"{value!r} does not exist (relative paths start at {Path.cwd()}); fix the path"
+                + (" or pass --data PATH" if where == "data.path" else ""),
+                file=str(path),
+                line=lines.find(*_sources(where, file)),
+                path=where,
+            )
         jobs.setdefault(job.job_id, job)
     return Space(name=file.name, source=str(path), file=file, jobs=list(jobs.values()))
 
