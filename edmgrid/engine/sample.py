@@ -83,6 +83,7 @@ def plan(denoiser: Denoiser, spec: SamplerSpec, class_labels: Tensor | None = No
     return Plan(sigma_min, sigma_max, ode, t_steps)
 
 
+@torch.no_grad()
 def sample(
     denoiser: Denoiser,
     latents: Tensor,
@@ -90,7 +91,10 @@ def sample(
     class_labels: Tensor | None = None,
     randn_like: Callable[[Tensor], Tensor] = torch.randn_like,
 ) -> Tensor:
-    """Solve from x_0 = latents·σ(t_0)·s(t_0) to t_N = 0 in float64 (official ablation sampler)."""
+    """Solve from x_0 = latents·σ(t_0)·s(t_0) to t_N = 0 in float64 (official ablation sampler).
+
+    Runs without autograd: a network denoiser's graph would otherwise be kept for every call.
+    """
     p = plan(denoiser, spec, class_labels)
     t0 = p.t_steps[0]
     x = latents.to(torch.float64) * p.ode.sigma(t0) * p.ode.s(t0)
