@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from edmgrid.design.ode import ProbabilityFlow
-from edmgrid.engine.denoiser import Denoiser
+from edmgrid.engine.denoiser import Denoiser, label_dim
 from edmgrid.spec.sampler import SamplerSpec
 
 
@@ -65,11 +65,10 @@ class Plan:
 
 def plan(denoiser: Denoiser, spec: SamplerSpec, class_labels: Tensor | None = None) -> Plan:
     """Clamp the σ range to the denoiser's, bind σ(t), and build t_i = σ⁻¹(round_sigma(σ_i))."""
-    default_min, default_max = spec.timesteps.default_range(spec.schedule)
+    asked_min, asked_max = spec.sigma_range()
     net_min, net_max = denoiser.sigma_range()
     ts = spec.timesteps
-    sigma_min = max(default_min if ts.sigma_min is None else ts.sigma_min, net_min)
-    sigma_max = min(default_max if ts.sigma_max is None else ts.sigma_max, net_max)
+    sigma_min, sigma_max = max(asked_min, net_min), min(asked_max, net_max)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"empty σ range [{sigma_min}, {sigma_max}] after clamping to the model's")
     schedule = spec.schedule.bind(sigma_min, sigma_max)
@@ -107,6 +106,7 @@ class CountingDenoiser:
 
     def __init__(self, denoiser: Denoiser) -> None:
         self.denoiser, self.evaluations = denoiser, 0
+        self.label_dim = label_dim(denoiser)
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         self.evaluations += len(x)

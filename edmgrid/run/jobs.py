@@ -16,19 +16,22 @@ from edmgrid.run.store import Store, atomic_write
 from edmgrid.spec.job import JobSpec
 
 DISCRIMINATORS = ("name", "arch", "kind")
+#: Labels that keep their own name as a column (``family``/``config`` of a Table 2 preset).
+LABELS = ("family", "config", "budget")
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Axis columns: a choice at key k gives column k (its name) and k_param for each parameter.
 
     ``{"sampler": {"solver": {"name": "heun", "S_churn": 0}}}`` → ``{"solver": "heun",
-    "solver_S_churn": 0}``; containers without a choice (``sampler``) add no prefix.
+    "solver_S_churn": 0}``; a container without a choice (``sampler``, ``training``) passes its
+    parent's prefix on, and a choice nested in a choice (``model.precond``) is an axis of its own.
     """
     out: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, dict):
             tag = next((value[k] for k in DISCRIMINATORS if k in value), None)
-            column = f"{prefix}{key}"
+            column = key if tag is not None else f"{prefix}{key}"
             if tag is not None:
                 out[column] = tag
                 rest = {k: v for k, v in value.items() if k not in DISCRIMINATORS}
@@ -40,7 +43,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(value, list):
             out[f"{prefix}{key}"] = ",".join(str(v) for v in value)
         else:
-            out[f"{prefix}{key}"] = value
+            out[key if key in LABELS else f"{prefix}{key}"] = value
     return out
 
 
@@ -86,7 +89,7 @@ def run_job(
         host=platform.node(),
         edmgrid_version=__version__,
         created_at=datetime.now(UTC),
-        config=_json(config),
+        config_json=_json(config),
     )
     store.write(row)
     return row
