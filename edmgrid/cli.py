@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from edmgrid.errors import EdmgridError
+from edmgrid.errors import EdmgridError, SpecError
 
 app = typer.Typer(
     name="edmgrid",
@@ -21,7 +21,14 @@ app = typer.Typer(
 )
 
 RESULTS = typer.Option(Path("results"), "--results", "-r", help="Results directory.")
-FORMAT_HELP = "Output format: table, csv, markdown or json."
+YES = typer.Option(False, "--yes", help="Allow grids above the job limit.")
+FORMAT_HELP = "Output format: table, csv, markdown, latex or json."
+PYTHONPATH = typer.Option(
+    [],
+    "--pythonpath",
+    help="Folder to import model code from (e.g. a NVlabs/edm checkout for its pickles); "
+    "repeatable, also passed to worker processes.",
+)
 
 
 def _console() -> Any:
@@ -37,6 +44,8 @@ def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
         sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
     elif fmt == "markdown":
         sys.stdout.write(_markdown(frame) + "\n")
+    elif fmt == "latex":
+        sys.stdout.write(_latex(frame) + "\n")
     elif fmt == "table":
         from rich.table import Table
 
@@ -47,12 +56,16 @@ def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
             table.add_row(*(_cell(v) for v in row))
         _console().print(table)
     else:
-        raise EdmgridError(f"unknown format {fmt!r}; valid: table, csv, markdown, json")
+        raise SpecError(
+            f"unknown format {fmt!r}; valid: table, csv, markdown, latex, json", path="--format"
+        )
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if hasattr(value, "__len__") and not isinstance(value, str):  # fid_runs, fid_seeds
+        return ", ".join(_cell(v) for v in value)
     return "" if value is None else str(value)
 
 
@@ -63,6 +76,41 @@ def _markdown(frame: Any) -> str:
         "| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
     ]
     return "\n".join([head, rule, *rows])
+
+
+_LATEX_ESCAPES = str.maketrans(
+    {c: rf"\{c}" for c in "&%$#_{}"}
+    | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"}
+)
+
+
+def _latex(frame: Any) -> str:
+    """A booktabs ``tabular`` of the frame, cells escaped for LaTeX."""
+
+    def row(cells: Any) -> str:
+        return " & ".join(str(c).translate(_LATEX_ESCAPES) for c in cells) + r" \\"
+
+    align = "".join("r" if frame[c].dtype.kind in "iuf" else "l" for c in frame.columns)
+    lines = [
+        rf"\begin{{tabular}}{{{align}}}",
+        r"\toprule",
+        row(frame.columns),
+        r"\midrule",
+        *(row(_cell(v) for v in values) for values in frame.itertuples(index=False)),
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
+    return "\n".join(lines)
+
+
+def _use_pythonpath(folders: list[Path]) -> None:
+    """Prepend ``folders`` to this process's import path and to workers' ``PYTHONPATH``."""
+    import os
+
+    paths = [str(f.expanduser().resolve()) for f in folders]
+    sys.path[:0] = paths
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([old] if old else [])])
 
 
 @app.command()
@@ -91,20 +139,35 @@ def run(
         None, "--address", help="Ray: join this cluster ('auto' finds a running one)."
     ),
     train_gpus: int = typer.Option(1, "--train-gpus", help="Ray: GPUs per training job."),
-    yes: bool = typer.Option(False, "--yes", help="Allow grids above the job limit."),
+    yes: bool = YES,
+    data: Path | None = typer.Option(
+        None, "--data", help="Path of the data set file or folder (sets data.path in every job)."
+    ),
+    inception: Path | None = typer.Option(
+        None,
+        "--inception",
+        help="Inception-v3 weights for FID (sets EDMGRID_INCEPTION; a path in the space wins).",
+    ),
+    pythonpath: list[Path] = PYTHONPATH,
 ) -> None:
     """Expand SPACE into jobs, run the ones without a result, and store one row per job."""
+    import os
     import time
 
     from edmgrid.run.store import Store, space_fingerprint
 
     start = time.perf_counter()
+    if results.exists() and not results.is_dir():
+        raise SpecError("is not a directory; name a results directory", file=str(results))
     store = Store(results)
+    overrides = {"data.path": str(data.expanduser().resolve())} if data is not None else None
     try:
-        text: bytes | None = space.read_bytes()
+        text: bytes | None = space.read_bytes() if space.is_file() else None
     except OSError:
         text = None  # load_space says why
-    fingerprint = space_fingerprint(text) if text is not None else None
+    fingerprint = (
+        space_fingerprint(text + json.dumps(overrides).encode()) if text is not None else None
+    )
     if text is not None and fingerprint is not None and not force:
         finished = _finished_jobs(text, store, fingerprint)
         if finished is not None:
@@ -115,11 +178,17 @@ def run(
             _print_summary(summary)
             return
 
+    from edmgrid.engine.fid import ENV_VAR
     from edmgrid.run.executors import make_executor
     from edmgrid.run.runner import run_space
     from edmgrid.spec.space import MAX_JOBS, load_space
 
-    loaded = load_space(space, max_jobs=None if yes else MAX_JOBS)
+    _use_pythonpath(pythonpath)
+    if inception is not None:
+        os.environ[ENV_VAR] = str(inception.expanduser().resolve())
+    loaded = load_space(
+        space, max_jobs=None if yes else MAX_JOBS, overrides=overrides, check_inputs=True
+    )
     chosen = make_executor(
         executor,
         workers=workers,
@@ -180,12 +249,13 @@ def _print_summary(summary: Any) -> None:
 def show(
     space: Path = typer.Argument(..., help="Space file (YAML)."),
     as_json: bool = typer.Option(False, "--json", help="Print the resolved jobs as JSON."),
+    yes: bool = YES,
 ) -> None:
     """Print the expanded, fully resolved jobs of SPACE (a dry run)."""
     from edmgrid.run.jobs import flatten
-    from edmgrid.spec.space import load_space
+    from edmgrid.spec.space import MAX_JOBS, load_space
 
-    loaded = load_space(space, max_jobs=None)
+    loaded = load_space(space, max_jobs=None if yes else MAX_JOBS)
     if as_json:
         jobs = [{"job_id": j.job_id, **j.resolved()} for j in loaded.jobs]
         sys.stdout.write(json.dumps({"space": loaded.name, "jobs": jobs}, indent=1) + "\n")
@@ -193,8 +263,14 @@ def show(
     import pandas as pd
 
     frame = pd.DataFrame([{"job_id": j.job_id, **flatten(j.resolved())} for j in loaded.jobs])
-    varying = [c for c in frame.columns if c == "job_id" or frame[c].astype(str).nunique() > 1]
-    _print_frame(frame[varying], "table", title=f"{loaded.name}: {len(loaded.jobs)} jobs")
+    varying = [c for c in frame.columns[1:] if frame[c].astype(str).nunique() > 1]
+    settings = (
+        frame[varying]
+        .astype(str)
+        .apply(lambda row: "  ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+    )
+    table = pd.DataFrame({"job_id": frame["job_id"], "varying settings": settings})
+    _print_frame(table, "table", title=f"{loaded.name}: {len(loaded.jobs)} jobs")
 
 
 @app.command()
@@ -226,17 +302,54 @@ def compare(
     cols: str = typer.Option("solver", "--cols", help="Comma-separated column columns."),
     value: str = typer.Option("ode_error", "--value", help="Metric to show in the cells."),
     fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Also draw VALUE to this PNG: against NFE, one line per sampler family (Fig. 2), "
+        "or grouped bars for Table 2 rows.",
+    ),
+    allow_mixed: bool = typer.Option(
+        False, "--allow-mixed", help="Allow FIDs with different n or extractor side by side."
+    ),
 ) -> None:
     """Pivot the results: ROWS × COLS → VALUE (e.g. NFE × solver → ode_error)."""
-    from edmgrid.run.compare import pivot
+    from edmgrid.run.compare import load_runs, pivot
     from edmgrid.run.store import Store
 
-    frame = pivot(Store(results), space, _split(rows), _split(cols), value)
+    store = Store(results)
+    frame = pivot(store, space, _split(rows), _split(cols), value, allow_mixed=allow_mixed)
     _print_frame(frame, fmt, title=f"{value}")
+    if plot is not None:
+        from edmgrid.run.plots import plot_results
+
+        kind = plot_results(load_runs(store, space), value, plot, title=space or str(results))
+        sys.stderr.write(f"wrote {plot} ({kind})\n")
 
 
 def _split(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
+
+
+@app.command()
+def samples(
+    job_id: str = typer.Argument(..., help="Job id (see `edmgrid sql` or the runs/ folder)."),
+    results: Path = RESULTS,
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG to write."),
+    n: int = typer.Option(64, "--n", min=1, help="Samples: the job's first N seeds."),
+    pythonpath: list[Path] = PYTHONPATH,
+) -> None:
+    """Re-create a stored job and save a grid of its samples (deterministic: its seeds)."""
+    from edmgrid.engine.evaluate import draw_samples
+    from edmgrid.run.plots import save_samples
+    from edmgrid.run.store import Store
+    from edmgrid.spec.job import JobSpec
+
+    _use_pythonpath(pythonpath)
+    store = Store(results)
+    job = JobSpec.model_validate(store.config(job_id))
+    dataset, drawn = draw_samples(job, store.cache, n)
+    save_samples(drawn, dataset, out, title=f"{job_id}: seeds {job.seeds} (first {len(drawn)})")
+    sys.stderr.write(f"wrote {out} ({len(drawn)} samples)\n")
 
 
 @app.command()
@@ -256,20 +369,25 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except EdmgridError as e:
-        _console().print(f"[red]error:[/red] {e}", highlight=False)
+        from rich.console import Console
+        from rich.markup import escape
+
+        # stderr, unwrapped, and escaped: a file name like "a[/b].yaml" is text, not markup
+        Console(stderr=True, soft_wrap=True, highlight=False).print(
+            f"[red]error:[/red] {escape(str(e))}"
+        )
         sys.exit(e.exit_code)
     except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except typer.TyperException as e:  # usage errors: typer's own (vendored) click exceptions
+        if hasattr(e, "show"):
+            e.show()
+        else:
+            sys.stderr.write(f"error: {e.format_message()}\n")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
     sys.exit(code if isinstance(code, int) else 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from torch import Tensor
 
@@ -23,8 +24,9 @@ class ProbabilityFlow:
     denoise: Denoise  # float64 in, float64 out
     round_sigma: Callable[[Tensor], Tensor]
 
-    @property
+    @cached_property
     def b(self) -> float:
+        """The schedule's input scale (Chen 2023), 1 for the others."""
         return float(getattr(self.schedule, "input_scale", 1.0))
 
     def sigma(self, t: Tensor) -> Tensor:
@@ -38,7 +40,11 @@ class ProbabilityFlow:
         return self.schedule.sigma_inv(self.round_sigma(sigma))
 
     def derivative(self, x: Tensor, t: Tensor) -> Tensor:
+        """dx/dt at a scalar (0-d) time t; the coefficients are computed as 0-d tensors (so an
+        overflow gives inf/nan, reported as non-finite samples) and applied as Python floats."""
         sigma, dsigma = self.schedule.sigma(t), self.schedule.sigma_deriv(t)
         s = self.scaling.s(sigma, self.b)
         ds = self.scaling.s_deriv(sigma, dsigma, self.b)
-        return (dsigma / sigma + ds / s) * x - dsigma * s / sigma * self.denoise(x / s, sigma)
+        denoised = self.denoise(x if float(s) == 1 else x / s, sigma)
+        scale, weight = float(dsigma / sigma + ds / s), float(dsigma * s / sigma)
+        return (x * scale).sub_(denoised, alpha=weight)

@@ -21,6 +21,11 @@ class Denoiser(Protocol):
     def round_sigma(self, sigma: Tensor) -> Tensor: ...
 
 
+def label_dim(denoiser: Denoiser) -> int:
+    """Number of classes a denoiser is conditioned on (its ``label_dim``; 0: unconditional)."""
+    return int(getattr(denoiser, "label_dim", 0) or 0)
+
+
 class AnalyticDenoiser:
     """The ideal denoiser of a finite data set {y_i}: D(x; σ) = Σ_i softmax_i(−‖x−y_i‖²/2σ²)·y_i.
 
@@ -90,3 +95,20 @@ class PrecondDenoiser(torch.nn.Module):
         view = (-1,) + (1,) * (x.ndim - 1)
         F = self.net(c_in.reshape(view) * x, c_noise, class_labels, augment_labels)
         return c_skip.reshape(view) * x + c_out.reshape(view) * F.float()
+
+
+class TorchDenoiser:
+    """A network denoiser called without autograd, in batches the caller chooses."""
+
+    def __init__(self, net: PrecondDenoiser) -> None:
+        self.net = net
+
+    def sigma_range(self) -> tuple[float, float]:
+        return self.net.sigma_range()
+
+    def round_sigma(self, sigma: Tensor) -> Tensor:
+        return self.net.round_sigma(sigma)
+
+    def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        with torch.inference_mode():
+            return self.net(x, sigma, class_labels)

@@ -19,6 +19,8 @@ from edmgrid.run.store import Store, atomic_write
 from edmgrid.spec.job import JobSpec
 
 DISCRIMINATORS = ("name", "arch", "kind")
+#: Labels that keep their own name as a column (``family``/``config`` of a Table 2 preset).
+LABELS = ("family", "config", "budget")
 
 #: ``progress(done, total)``: a job's own steps (training images or samples).
 Progress = Callable[[int, int], None]
@@ -28,13 +30,14 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Axis columns: a choice at key k gives column k (its name) and k_param for each parameter.
 
     ``{"sampler": {"solver": {"name": "heun", "S_churn": 0}}}`` → ``{"solver": "heun",
-    "solver_S_churn": 0}``; containers without a choice (``sampler``) add no prefix.
+    "solver_S_churn": 0}``; a container without a choice (``sampler``, ``training``) passes its
+    parent's prefix on, and a choice nested in a choice (``model.precond``) is an axis of its own.
     """
     out: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, dict):
             tag = next((value[k] for k in DISCRIMINATORS if k in value), None)
-            column = f"{prefix}{key}"
+            column = key if tag is not None else f"{prefix}{key}"
             if tag is not None:
                 out[column] = tag
                 rest = {k: v for k, v in value.items() if k not in DISCRIMINATORS}
@@ -46,7 +49,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(value, list):
             out[f"{prefix}{key}"] = ",".join(str(v) for v in value)
         else:
-            out[f"{prefix}{key}"] = value
+            out[key if key in LABELS else f"{prefix}{key}"] = value
     return out
 
 
@@ -113,6 +116,12 @@ class Task:
     trainer: Trainer = field(default_factory=EngineTrainer)
     gpus: int = 1
 
+    @classmethod
+    def evaluation(cls, job: JobSpec, space: str, trainer: Trainer | None = None) -> Task:
+        """The evaluation task of ``job`` (and the training it needs, by key)."""
+        trainer = trainer or EngineTrainer()
+        return cls("evaluate", job.job_id, job, space, trainer.key(job), trainer)
+
     @property
     def name(self) -> str:
         """Unique among trainings and evaluations: names its claim and its traceback file."""
@@ -172,7 +181,7 @@ def _row(task: Task) -> dict[str, Any]:
         row = {"job_id": task.key, "space": task.space, "kind": "evaluate"}
         row["training_key"] = task.training_key
     row.update(flatten(config))
-    row["config"] = _json(config)
+    row["config_json"] = _json(config)
     return row
 
 

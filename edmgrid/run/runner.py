@@ -65,10 +65,7 @@ def plan(
 ) -> Plan:
     """Pending evaluations and the trainings they need that have no checkpoint yet."""
     jobs = pending(space, store, force, retry_failed)
-    evaluations = [
-        Task("evaluate", j.job_id, j, space.name, training_key=trainer.key(j), trainer=trainer)
-        for j in jobs
-    ]
+    evaluations = [Task.evaluation(j, space.name, trainer) for j in jobs]
     trains: dict[str, Task] = {}
     failed: dict[str, dict[str, Any]] = {}
     for task in evaluations:

@@ -29,8 +29,20 @@ from typing import Any
 
 from edmgrid.errors import EdmgridError, SpecError
 
-#: Statement types ``edmgrid sql`` runs; everything else is a write and is refused.
-READ_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+#: Statement types ``edmgrid sql`` runs (SELECT covers DESCRIBE, SHOW and SUMMARIZE);
+#: everything else may write (COPY, ATTACH, PRAGMA settings, EXPLAIN ANALYZE runs its query).
+READ_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+#: Space names become file names under ``spaces/``: no separators, no leading dot.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+NAME_RULE = "1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def check_space_name(name: str) -> str:
+    """``name`` if it is a valid space name, else a ValueError that states the rule."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"{name!r} is not a space name: use {NAME_RULE}")
+    return name
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -150,6 +162,15 @@ class Store:
         """The training's row, or None."""
         return _read_row(self.training_path(key))
 
+    def config(self, job_id: str) -> dict[str, Any]:
+        """The resolved job config stored in a job's row (to re-create the job)."""
+        import pyarrow.parquet as pq
+
+        path = self.result_path(job_id)
+        if not path.exists():
+            raise SpecError(f"no result for job {job_id} in {self.root}")
+        return dict(json.loads(pq.read_table(path, columns=["config_json"]).column(0)[0].as_py()))
+
     def write(self, row: dict[str, Any]) -> None:
         """Write an evaluation row (``job_id`` names the file)."""
         _write_row(self.result_path(row["job_id"]), row)
@@ -158,13 +179,21 @@ class Store:
         """Write a training row (``training_key`` names the file)."""
         _write_row(self.training_path(row["training_key"]), row)
 
+    def space_path(self, name: str) -> Path:
+        """Where a space's job list is recorded; names that could leave the store are refused."""
+        try:
+            check_space_name(name)
+        except ValueError as e:
+            raise SpecError(str(e), path="space") from None
+        return self.root / "spaces" / f"{name}.json"
+
     def record_space(
         self, name: str, source: str, job_ids: list[str], fingerprint: str | None = None
     ) -> None:
         """Which jobs the space expanded to (``fingerprint``: see ``space_fingerprint``)."""
         record = {"space": name, "source": source, "jobs": job_ids, "fingerprint": fingerprint}
         body = json.dumps(record, indent=1)
-        atomic_write(self.root / "spaces" / f"{name}.json", lambda tmp: tmp.write_text(body))
+        atomic_write(self.space_path(name), lambda tmp: tmp.write_text(body))
 
     def finished(self, name: str, fingerprint: str) -> list[str] | None:
         """The job ids of space ``name`` when it was recorded with ``fingerprint`` and every
@@ -236,6 +265,8 @@ class Store:
                 raise SpecError(f"SQL error: {e}") from None
             for statement in statements:
                 kind = str(statement.type).rsplit(".", 1)[-1]
+                if kind == "EXPLAIN" and re.search(r"\bANALY[SZ]E\b", statement.query, re.I):
+                    kind = "EXPLAIN ANALYZE"
                 if kind not in READ_STATEMENTS:
                     raise SpecError(
                         f"edmgrid sql is read-only: {kind} statements are refused "

@@ -7,7 +7,10 @@ Presets are scoped by the key they sit under: ``sampler`` (Table 1's sampling fa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from edmgrid.spec.table2 import model_presets
 
 #: Table 1 sampling families with the step counts of their original samplers (Table 3, row 1).
 SAMPLER: dict[str, dict[str, Any]] = {
@@ -45,4 +48,11 @@ SOLVER: dict[str, dict[str, Any]] = {
     "table5-imagenet-ours": {"S_churn": 40, "S_min": 0.05, "S_max": 50, "S_noise": 1.003},
 }
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {"sampler": SAMPLER, "solver": SOLVER}
+#: A preset is a dict, or a function of the node it is named in (Table 2 reads ``budget``).
+Preset = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]
+
+PRESETS: dict[str, dict[str, Preset]] = {
+    "sampler": dict(SAMPLER),
+    "solver": dict(SOLVER),
+    "model": dict(model_presets()),
+}

@@ -1,0 +1,129 @@
+"""Training: presets A–F, the loop's mechanics, divergence, and the checkpoint cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edmgrid.engine import train as train_mod
+from edmgrid.engine.train import checkpoint_path, train, training_key, update_ema
+from edmgrid.errors import JobError
+from edmgrid.spec.job import JobSpec
+from edmgrid.spec.space import resolve_presets
+from edmgrid.spec.table2 import table2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def job(preset: str, **training) -> JobSpec:
+    model = {"preset": preset, "budget": "tiny", "training": {"duration_kimg": 0.256, **training}}
+    config = {"data": {"name": "digits"}, "model": model, "metrics": [{"name": "fd_raw"}]}
+    return JobSpec.model_validate(resolve_presets(config))
+
+
+def test_table2_configs_change_one_thing_at_a_time():
+    a, b, c, d, e, f = (table2("vp", k) for k in "ABCDEF")
+    assert (a["training"]["batch_size"], b["training"]["batch_size"]) == (128, 512)
+    assert (a["training"]["lr"], b["training"]["lr"]) == (2e-4, 1e-3)
+    assert a["training"]["grad_clip"] == 1.0 and b["training"]["grad_clip"] is None
+    assert (a["network"]["dropout"], b["network"]["dropout"]) == (0.10, 0.13)
+    assert (b["network"]["channel_mult"], c["network"]["channel_mult"]) == ([1, 2, 2, 2], [2, 2, 2])
+    assert (c["precond"], d["precond"]) == ({"name": "vp"}, {"name": "edm"})
+    assert d["loss_weight"] == {"name": "vp"} and e["loss_weight"] == {"name": "edm"}
+    assert e["p_train"] == {"name": "edm"} and e["augment"] == {"name": "none"}
+    assert f["augment"] == {"name": "edm", "p": 0.12} and not f["training"]["xflip"]
+    assert table2("ve", "A")["network"]["arch"] == "ncsnpp"
+    assert table2("ve", "A")["training"]["ema_halflife_kimg"] == 900
+
+
+def test_tiny_budget_scales_durations_batch_and_width_and_shows_them():
+    tiny = job("vp-A").model
+    assert tiny.budget == "tiny"
+    assert tiny.training.batch_size == 32
+    assert tiny.training.lr_rampup_kimg == pytest.approx(640 / 4000)
+    assert tiny.network.model_channels == 16 and tiny.network.num_blocks == 1
+
+
+def test_config_d_pairs_edm_preconditioning_with_vp_loss_and_trains(tmp_path):
+    d = job("vp-D")
+    assert (d.model.precond.name, d.model.loss_weight.name, d.model.p_train.name) == (
+        "edm",
+        "vp",
+        "vp",
+    )
+    row = train(d, tmp_path)
+    assert row["steps"] == 2 and torch.isfinite(torch.tensor(row["loss_final"]))
+    assert checkpoint_path(tmp_path, training_key(d)).exists()
+
+
+def test_checkpoint_cache_is_hit_on_second_use(tmp_path, monkeypatch):
+    e = job("vp-E")
+    first = train(e, tmp_path)
+    monkeypatch.setattr(train_mod, "fit", lambda *a, **k: pytest.fail("retrained"))
+    second = train(e, tmp_path)
+    assert second["cached"] and not first["cached"]
+    assert second["steps"] == first["steps"]
+
+
+def test_evaluation_of_a_trained_job_end_to_end(tmp_path):
+    from edmgrid.engine.evaluate import evaluate
+
+    f = job("ve-F", duration_kimg=0.512)
+    f = f.model_copy(update={"seeds": "0-15"})
+    row = evaluate(f, tmp_path)
+    assert row["nfe"] == 35 and row["sigma_min_used"] == pytest.approx(0.002)  # EDM precond
+    assert row["fd_raw"] > 0
+
+
+def test_sampler_range_is_clamped_to_the_ve_network_range():
+    from edmgrid.engine.denoiser import TorchDenoiser
+    from edmgrid.engine.sample import plan
+    from edmgrid.engine.train import build_network
+
+    c = job("ve-C")
+    net = TorchDenoiser(build_network(c.model, c.data.load()))
+    p = plan(net, c.sampler)
+    assert (p.sigma_min, p.sigma_max) == (pytest.approx(0.02), pytest.approx(80.0))
+
+
+def test_diverging_training_fails_with_step_and_last_finite_loss(tmp_path):
+    model = {
+        "kind": "trained",
+        "network": {
+            "arch": "ddpmpp",
+            "model_channels": 8,
+            "channel_mult": [1],
+            "num_blocks": 1,
+            "attn_resolutions": [],
+        },
+        "precond": {"name": "ve"},
+        "loss_weight": {"name": "ve"},
+        "p_train": {"name": "ve", "sigma_min": 1e30, "sigma_max": 1e31},
+        "training": {"duration_kimg": 0.064, "batch_size": 16},
+    }
+    bad = JobSpec.model_validate(
+        {"data": {"name": "digits"}, "model": model, "metrics": [{"name": "fd_raw"}]}
+    )
+    with pytest.raises(JobError, match=r"non-finite loss at step 0"):
+        train(bad, tmp_path)
+    assert not checkpoint_path(tmp_path, training_key(bad)).exists()
+
+
+def test_ema_follows_official_halflife_and_rampup():
+    net, ema = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        ema.weight.fill_(0.0)
+    # half-life 1 kimg, no ramp-up: one batch of 1000 images moves EMA halfway
+    update_ema(ema, net, 1.0, None, seen=10_000, batch=1000)
+    assert float(ema.weight.detach()) == pytest.approx(0.5)
+    # ramp-up: H = min(1000, 0.05·2000) = 100 images, β = 0.5^(100/100)
+    ema.weight.data.fill_(0.0)
+    update_ema(ema, net, 1.0, 0.05, seen=2000, batch=100)
+    assert float(ema.weight.detach()) == pytest.approx(0.5)
