@@ -31,6 +31,15 @@ class GaussianDenoiser:
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test (tests that use torch heavily; the cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def gaussian() -> GaussianDenoiser:
     return GaussianDenoiser()
 

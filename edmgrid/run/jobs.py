@@ -64,13 +64,18 @@ def run_job(
     space: str,
     store: Store,
     progress: Callable[[int, int], None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``job`` and write its result row; a failure becomes a failed row, not a crash."""
+    """Evaluate ``job`` and write its result row; a failure becomes a failed row, not a crash.
+
+    ``extra`` columns are added to the row (``optuna-churn``'s ``study``, ``trial``, ``stage``).
+    """
     from edmgrid.engine.evaluate import evaluate
 
     config = job.resolved()
     row: dict[str, Any] = {"job_id": job.job_id, "space": space, "kind": "evaluate"}
     row.update(flatten(config))
+    row.update(extra or {})
     start = time.perf_counter()
     try:
         row.update(evaluate(job, store.cache, progress))

@@ -63,6 +63,19 @@ class Store:
             return None
         return str(pq.read_table(path, columns=["status"]).column(0)[0])
 
+    def row(self, job_id: str) -> dict[str, Any] | None:
+        """The stored row of a job, or None when it has no result yet."""
+        import pandas as pd
+
+        path = self.result_path(job_id)
+        if not path.exists():
+            return None
+        return {str(k): v for k, v in pd.read_parquet(path).iloc[0].items()}
+
+    def job_ids(self) -> list[str]:
+        """The ids of every job with a stored row."""
+        return sorted(p.stem for p in self.runs.glob("*.parquet"))
+
     def write(self, row: dict[str, Any]) -> None:
         import pandas as pd
 
