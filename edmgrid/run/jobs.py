@@ -94,7 +94,7 @@ def run_job(
         host=platform.node(),
         edmgrid_version=__version__,
         created_at=datetime.now(UTC),
-        config=_json(config),
+        config_json=_json(config),
     )
     store.write(row)
     return row
