@@ -240,7 +240,7 @@ def optuna_churn(
         overrides=overrides,
         source=loaded.source if loaded else None,
         study_name=study,
-        log=lambda line: console.print(line, highlight=False),
+        log=lambda line: console.print(line, highlight=False, soft_wrap=True),
     )
     _print_churn(report)
 

@@ -143,7 +143,7 @@ def pick_job(store: Store, space: Space | None, job_id: str | None) -> JobSpec:
         for found in store.job_ids():
             row = store.row(found) if found.startswith(job_id) else None
             if row is not None:
-                jobs.append(JobSpec.model_validate(json.loads(row["config"])))
+                jobs.append(JobSpec.model_validate(json.loads(row["config_json"])))
     else:
         raise SpecError("give --space SPACE, --job JOB_ID, or --study NAME of an existing study")
     matches = [j for j in jobs if job_id is None or j.job_id.startswith(job_id)]
