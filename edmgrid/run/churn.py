@@ -538,7 +538,7 @@ def plot(study: optuna.Study, metric: str, directory: Path) -> tuple[list[Path],
             except (ValueError, RuntimeError) as e:
                 notes.append(f"no {filename}: {e}")
                 continue
-        ax.set_title(f"{study.study_name}: {ax.get_title()}", fontsize=9)
+        ax.figure.suptitle(study.study_name, fontsize=9)
         if filename == "history.png":
             ax.set_ylabel(f"{metric} (lower is better)")
         ax.figure.tight_layout()
@@ -592,6 +592,12 @@ def run_churn(
         if options.final_samples > 0 and candidates:
             driver.final(candidates, options.final_samples)
         plots, notes = plot(study, settings.metric, store.root / "optuna" / name)
+        steps = settings.base.sampler.timesteps.num_steps
+        if search.S_churn[1] > steps * (math.sqrt(2) - 1):
+            notes.append(
+                f"γ = min(S_churn/N, √2−1) saturates at S_churn = {steps * (math.sqrt(2) - 1):.3g}"
+                f" for N = {steps} steps: larger S_churn values sample alike"
+            )
         store.refresh_db()
     trials = study.get_trials(deepcopy=False)
     paper, reason = paper_preset(settings.base)
