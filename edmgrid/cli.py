@@ -20,7 +20,13 @@ app = typer.Typer(
 )
 
 RESULTS = typer.Option(Path("results"), "--results", "-r", help="Results directory.")
-FORMAT_HELP = "Output format: table, csv, markdown or json."
+FORMAT_HELP = "Output format: table, csv, markdown, latex or json."
+PYTHONPATH = typer.Option(
+    [],
+    "--pythonpath",
+    help="Folder to import model code from (e.g. a NVlabs/edm checkout for its pickles); "
+    "repeatable, also passed to worker processes.",
+)
 
 
 def _console() -> Any:
@@ -36,6 +42,8 @@ def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
         sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
     elif fmt == "markdown":
         sys.stdout.write(_markdown(frame) + "\n")
+    elif fmt == "latex":
+        sys.stdout.write(_latex(frame) + "\n")
     elif fmt == "table":
         from rich.table import Table
 
@@ -46,12 +54,14 @@ def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
             table.add_row(*(_cell(v) for v in row))
         _console().print(table)
     else:
-        raise EdmgridError(f"unknown format {fmt!r}; valid: table, csv, markdown, json")
+        raise EdmgridError(f"unknown format {fmt!r}; valid: table, csv, markdown, latex, json")
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if hasattr(value, "__len__") and not isinstance(value, str):  # fid_runs, fid_seeds
+        return ", ".join(_cell(v) for v in value)
     return "" if value is None else str(value)
 
 
@@ -64,6 +74,41 @@ def _markdown(frame: Any) -> str:
     return "\n".join([head, rule, *rows])
 
 
+_LATEX_ESCAPES = str.maketrans(
+    {c: rf"\{c}" for c in "&%$#_{}"}
+    | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"}
+)
+
+
+def _latex(frame: Any) -> str:
+    """A booktabs ``tabular`` of the frame, cells escaped for LaTeX."""
+
+    def row(cells: Any) -> str:
+        return " & ".join(str(c).translate(_LATEX_ESCAPES) for c in cells) + r" \\"
+
+    align = "".join("r" if frame[c].dtype.kind in "iuf" else "l" for c in frame.columns)
+    lines = [
+        rf"\begin{{tabular}}{{{align}}}",
+        r"\toprule",
+        row(frame.columns),
+        r"\midrule",
+        *(row(_cell(v) for v in values) for values in frame.itertuples(index=False)),
+        r"\bottomrule",
+        r"\end{tabular}",
+    ]
+    return "\n".join(lines)
+
+
+def _use_pythonpath(folders: list[Path]) -> None:
+    """Prepend ``folders`` to this process's import path and to workers' ``PYTHONPATH``."""
+    import os
+
+    paths = [str(f.expanduser().resolve()) for f in folders]
+    sys.path[:0] = paths
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([old] if old else [])])
+
+
 @app.command()
 def run(
     space: Path = typer.Argument(..., help="Space file (YAML)."),
@@ -73,13 +118,29 @@ def run(
         True, "--retry-failed/--no-retry-failed", help="Re-run jobs whose last result is a failure."
     ),
     yes: bool = typer.Option(False, "--yes", help="Allow grids above the job limit."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Path of the data set file or folder (sets data.path in every job)."
+    ),
+    inception: Path | None = typer.Option(
+        None,
+        "--inception",
+        help="Inception-v3 weights for FID (sets EDMGRID_INCEPTION; a path in the space wins).",
+    ),
+    pythonpath: list[Path] = PYTHONPATH,
 ) -> None:
     """Expand SPACE into jobs, run the ones without a result, and store one row per job."""
+    import os
+
+    from edmgrid.engine.fid import ENV_VAR
     from edmgrid.run.runner import run_space
     from edmgrid.run.store import Store
     from edmgrid.spec.space import MAX_JOBS, load_space
 
-    loaded = load_space(space, max_jobs=None if yes else MAX_JOBS)
+    _use_pythonpath(pythonpath)
+    if inception is not None:
+        os.environ[ENV_VAR] = str(inception.expanduser().resolve())
+    overrides = {"data.path": str(data.expanduser().resolve())} if data is not None else None
+    loaded = load_space(space, max_jobs=None if yes else MAX_JOBS, overrides=overrides)
     summary = run_space(loaded, Store(results), force=force, retry_failed=retry_failed)
     _print_summary(summary)
     if not summary.ok:
@@ -159,17 +220,54 @@ def compare(
     cols: str = typer.Option("solver", "--cols", help="Comma-separated column columns."),
     value: str = typer.Option("ode_error", "--value", help="Metric to show in the cells."),
     fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Also draw VALUE to this PNG: against NFE, one line per sampler family (Fig. 2), "
+        "or grouped bars for Table 2 rows.",
+    ),
+    allow_mixed: bool = typer.Option(
+        False, "--allow-mixed", help="Allow FIDs with different n or extractor side by side."
+    ),
 ) -> None:
     """Pivot the results: ROWS × COLS → VALUE (e.g. NFE × solver → ode_error)."""
-    from edmgrid.run.compare import pivot
+    from edmgrid.run.compare import load_runs, pivot
     from edmgrid.run.store import Store
 
-    frame = pivot(Store(results), space, _split(rows), _split(cols), value)
+    store = Store(results)
+    frame = pivot(store, space, _split(rows), _split(cols), value, allow_mixed=allow_mixed)
     _print_frame(frame, fmt, title=f"{value}")
+    if plot is not None:
+        from edmgrid.run.plots import plot_results
+
+        kind = plot_results(load_runs(store, space), value, plot, title=space or str(results))
+        sys.stderr.write(f"wrote {plot} ({kind})\n")
 
 
 def _split(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
+
+
+@app.command()
+def samples(
+    job_id: str = typer.Argument(..., help="Job id (see `edmgrid sql` or the runs/ folder)."),
+    results: Path = RESULTS,
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG to write."),
+    n: int = typer.Option(64, "--n", min=1, help="Samples: the job's first N seeds."),
+    pythonpath: list[Path] = PYTHONPATH,
+) -> None:
+    """Re-create a stored job and save a grid of its samples (deterministic: its seeds)."""
+    from edmgrid.engine.evaluate import draw_samples
+    from edmgrid.run.plots import save_samples
+    from edmgrid.run.store import Store
+    from edmgrid.spec.job import JobSpec
+
+    _use_pythonpath(pythonpath)
+    store = Store(results)
+    job = JobSpec.model_validate(store.config(job_id))
+    dataset, drawn = draw_samples(job, store.cache, n)
+    save_samples(drawn, dataset, out, title=f"{job_id}: seeds {job.seeds} (first {len(drawn)})")
+    sys.stderr.write(f"wrote {out} ({len(drawn)} samples)\n")
 
 
 @app.command()

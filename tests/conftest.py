@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,17 +32,17 @@ class GaussianDenoiser:
 
 
 @pytest.fixture
-def one_thread():
-    """One torch thread for the test (tests that use torch heavily; the cores are shared)."""
+def gaussian() -> GaussianDenoiser:
+    return GaussianDenoiser()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the test: on a shared 2-core machine two threads thrash."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def gaussian() -> GaussianDenoiser:
-    return GaussianDenoiser()
 
 
 @pytest.fixture

@@ -21,6 +21,11 @@ class Denoiser(Protocol):
     def round_sigma(self, sigma: Tensor) -> Tensor: ...
 
 
+def label_dim(denoiser: Denoiser) -> int:
+    """Number of classes a denoiser is conditioned on (its ``label_dim``; 0: unconditional)."""
+    return int(getattr(denoiser, "label_dim", 0) or 0)
+
+
 class AnalyticDenoiser:
     """The ideal denoiser of a finite data set {y_i}: D(x; σ) = Σ_i softmax_i(−‖x−y_i‖²/2σ²)·y_i.
 

@@ -11,12 +11,11 @@ import torch
 from torch import Tensor
 
 from edmgrid.engine.data import Dataset
-from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser, TorchDenoiser
+from edmgrid.engine.denoiser import Denoiser, label_dim
 from edmgrid.engine.metrics import Evaluation
 from edmgrid.engine.sample import CountingDenoiser, SeedRNG, plan, sample
 from edmgrid.errors import JobError
 from edmgrid.spec.job import JobSpec, content_hash
-from edmgrid.spec.model import AnalyticModel, TrainedModel
 from edmgrid.spec.sampler import SamplerSpec
 
 #: Samples per denoiser call; results do not depend on it (one generator per seed).
@@ -26,14 +25,8 @@ Progress = Callable[[int, int], None]
 
 
 def build_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-    """The job's denoiser: the analytic one of the data set, or a trained network."""
-    if isinstance(job.model, TrainedModel):
-        from edmgrid.engine.train import load_trained
-
-        net = load_trained(job, dataset, cache_dir)
-        return TorchDenoiser(net)
-    assert isinstance(job.model, AnalyticModel)
-    return AnalyticDenoiser(dataset.x, chunk=job.model.chunk)
+    """The job's denoiser, built by its model spec."""
+    return job.model.build(job, dataset, cache_dir)
 
 
 def sample_seeds(
@@ -43,13 +36,21 @@ def sample_seeds(
     shape: tuple[int, ...],
     progress: Progress | None = None,
 ) -> Tensor:
-    """Samples for every seed, in batches of at most MAX_BATCH (float64)."""
+    """Samples for every seed, in batches of at most MAX_BATCH (float64).
+
+    Per seed, as the official generate.py: the latents, then (for a class-conditional denoiser)
+    a class drawn uniformly from its generator as a one-hot label, then the solver's noise.
+    """
+    num_classes = label_dim(denoiser)
     out = []
     for lo in range(0, len(seeds), MAX_BATCH):
         batch = seeds[lo : lo + MAX_BATCH]
         rng = SeedRNG(batch)
         x_T = rng.randn([len(batch), *shape])
-        out.append(sample(denoiser, x_T, spec, randn_like=rng.randn_like))
+        labels = None
+        if num_classes:
+            labels = torch.eye(num_classes)[rng.randint(num_classes, [len(batch)])]
+        out.append(sample(denoiser, x_T, spec, labels, randn_like=rng.randn_like))
         if progress:
             progress(lo + len(batch), len(seeds))
     return torch.cat(out)
@@ -69,7 +70,10 @@ def cached_samples(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tens
 
 
 def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Sample the job's seeds, check the samples are finite, and compute its metrics."""
+    """Check the metrics can be had, sample the job's seeds, check the samples are finite, and
+    compute the metrics."""
+    for metric in job.metrics:
+        metric.check(job)
     dataset = job.data.load()
     denoiser = build_denoiser(job, dataset, cache_dir)
     counter = CountingDenoiser(denoiser)
@@ -100,6 +104,7 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
         sigma_last=float(sigma_steps[-2]),
         cache_dir=cache_dir,
         resample=resample,
+        generate=lambda other: sample_seeds(denoiser, job.sampler, other, dataset.sample_shape),
     )
     row: dict[str, Any] = {
         "nfe": counter.evaluations / len(seeds),
@@ -109,7 +114,14 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
     }
     for metric in job.metrics:
         for column, value in metric.compute(ev).items():
-            if not math.isfinite(value):
+            if isinstance(value, float) and not math.isfinite(value):
                 raise JobError(f"metric {column} is not finite ({value})")
             row[column] = value
     return row
+
+
+def draw_samples(job: JobSpec, cache_dir: Path, n: int) -> tuple[Dataset, Tensor]:
+    """The data set and the samples of the job's first ``n`` seeds (the same as in its run)."""
+    dataset = job.data.load()
+    denoiser = build_denoiser(job, dataset, cache_dir)
+    return dataset, sample_seeds(denoiser, job.sampler, job.seed_list[:n], dataset.sample_shape)

@@ -34,6 +34,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -494,18 +495,22 @@ def load_inception(
 # Features, reference statistics and FID of images
 
 
-def _features(
-    images: np.ndarray | torch.Tensor, extractor: FeatureExtractor, batch_size: int
-) -> _Moments:
-    """Run ``extractor`` over uint8 images [N, C, H, W] in batches; accumulate the moments."""
-    uint8 = torch.uint8 if isinstance(images, torch.Tensor) else np.uint8
-    if images.dtype != uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {images.shape}")
+Images = np.ndarray | torch.Tensor
+
+
+def _features(chunks: Iterable[Images], extractor: FeatureExtractor, batch_size: int) -> _Moments:
+    """Run ``extractor`` over chunks of uint8 images [N, C, H, W] in batches; sum the moments."""
     moments = _Moments()
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.as_tensor(images[start : start + batch_size]).to(extractor.device)
-            moments.add(extractor(batch).cpu().numpy())
+    for images in chunks:
+        uint8 = torch.uint8 if isinstance(images, torch.Tensor) else np.uint8
+        if images.dtype != uint8 or images.ndim != 4:
+            raise ValueError(
+                f"images must be uint8 [N, C, H, W], got {images.dtype} {images.shape}"
+            )
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = torch.as_tensor(images[start : start + batch_size]).to(extractor.device)
+                moments.add(extractor(batch).cpu().numpy())
     return moments
 
 
@@ -554,7 +559,7 @@ def reference_statistics(
             return (*load_reference_npz(file), key)
         except DataError:
             pass  # a damaged cache entry is recomputed and rewritten below
-    mu, sigma = _features(images, extractor, batch_size).finish()
+    mu, sigma = _features([images], extractor, batch_size).finish()
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
@@ -564,15 +569,30 @@ def reference_statistics(
 
 
 def fid_from_images(
-    images: np.ndarray | torch.Tensor,
+    images: Images | Iterable[Images],
     ref_mu: np.ndarray,
     ref_sigma: np.ndarray,
     extractor: FeatureExtractor,
     batch_size: int = 64,
 ) -> float:
-    """FID of generated uint8 images [N, C, H, W] against reference statistics."""
-    mu, sigma = _features(images, extractor, batch_size).finish()
+    """FID of generated uint8 images [N, C, H, W], or of chunks of them (streamed, so the images
+    never have to be held at once), against reference statistics."""
+    chunks = [images] if isinstance(images, np.ndarray | torch.Tensor) else images
+    mu, sigma = _features(chunks, extractor, batch_size).finish()
+    if mu.shape != ref_mu.shape:
+        raise DataError(
+            f"reference statistics have {len(ref_mu)} dimensions but the detector gives "
+            f"{len(mu)}: use reference statistics made with the same Inception features"
+        )
     return frechet_distance(mu, sigma, ref_mu, ref_sigma)
+
+
+def statistics_hash(mu: np.ndarray, sigma: np.ndarray) -> str:
+    """16 hex digits of SHA-256 over float64 μ and Σ (names the reference of a FID)."""
+    h = hashlib.sha256()
+    for a in (mu, sigma):
+        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def paper_seed_ranges(n: int = 50000) -> list[range]:

@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 from torch import Tensor
 
-from edmgrid.engine.data import Dataset
+from edmgrid.engine.data import Dataset, Toy2D
 from edmgrid.engine.denoiser import Denoiser
-from edmgrid.engine.fid import feature_statistics, frechet_distance
+from edmgrid.engine.fid import (
+    FeatureExtractor,
+    feature_statistics,
+    fid_from_images,
+    frechet_distance,
+    load_inception,
+    load_reference_npz,
+    paper_seed_ranges,
+    quantize,
+    reference_statistics,
+    resolve_inception_path,
+    statistics_hash,
+)
+from edmgrid.engine.models import default_device
+from edmgrid.errors import SpecError
 from edmgrid.registry import Choice, Registry
 from edmgrid.spec.sampler import SamplerSpec
+
+if TYPE_CHECKING:
+    from edmgrid.spec.job import JobSpec
 
 metrics = Registry("metric", "evaluation metric (a result column)")
 
@@ -31,6 +49,7 @@ class Evaluation:
     sigma_last: float  # σ(t_{N−1}), the last nonzero level
     cache_dir: Path
     resample: Callable[[SamplerSpec], Tensor]  # the same latents through another sampler
+    generate: Callable[[list[int]], Tensor]  # this run's sampler from the latents of other seeds
 
 
 class Metric(Choice):
@@ -38,7 +57,10 @@ class Metric(Choice):
 
     name: str
 
-    def compute(self, ev: Evaluation) -> dict[str, float]:
+    def check(self, job: JobSpec) -> None:
+        """Fail before any sampling if the job cannot give this metric (default: it can)."""
+
+    def compute(self, ev: Evaluation) -> dict[str, Any]:
         raise NotImplementedError
 
 
@@ -97,3 +119,83 @@ class FD(Metric):
         mu1, s1 = feature_statistics(features(classifier, samples))
         mu2, s2 = feature_statistics(features(classifier, ev.dataset.x))
         return {"fd": frechet_distance(mu1, s1, mu2, s2)}
+
+
+@metrics.register
+class FID(Metric):
+    """Fréchet Inception Distance (EDM App. F.1) with Inception-v3 weights from a local file.
+
+    The reference is ``reference`` (an ``.npz`` with ``mu``/``sigma``) or else the statistics of
+    every data set image, computed once and cached by content hash. ``protocol: paper`` takes
+    three runs of n = len(seeds) images on the job's seeds and the two ranges after them (seeds
+    0-49999 give the paper's 0–49999, 50000–99999, 100000–149999) and reports the minimum.
+    Weights: ``inception``, else ``$EDMGRID_INCEPTION`` (which ``edmgrid run --inception`` sets).
+    """
+
+    name: Literal["fid"] = "fid"
+    inception: str | None = None
+    reference: str | None = None
+    protocol: Literal["single", "paper"] = "single"
+
+    def check(self, job: JobSpec) -> None:
+        if isinstance(job.data, Toy2D):
+            raise SpecError("fid needs an image data set, not toy2d", path="metrics")
+        if self.protocol == "paper" and not _is_range(job.seed_list):
+            raise SpecError(
+                f"fid protocol 'paper' needs one contiguous seed range (e.g. 0-49999), "
+                f"got {job.seeds!r}",
+                path="seeds",
+            )
+        self.extractor()
+        if self.reference is not None:
+            load_reference_npz(self.reference)
+
+    def extractor(self) -> FeatureExtractor:
+        """The Inception feature extractor (a DataError at once if the weights are missing)."""
+        path = resolve_inception_path(self.inception)
+        return _extractor(path.resolve(), path.stat().st_mtime_ns)
+
+    def compute(self, ev: Evaluation) -> dict[str, Any]:
+        extractor = self.extractor()
+        if self.reference is not None:
+            ref_mu, ref_sigma = load_reference_npz(self.reference)
+        else:
+            images = quantize(ev.dataset.x).numpy()
+            ref_mu, ref_sigma, _ = reference_statistics(images, extractor, ev.cache_dir)
+        n, first = len(ev.seeds), ev.seeds[0]
+        runs = [fid_from_images(quantize(ev.samples), ref_mu, ref_sigma, extractor)]
+        seeds = [_seed_text(ev.seeds)]
+        if self.protocol == "paper":
+            for r in paper_seed_ranges(n)[1:]:
+                chunks = _generated(ev, list(range(first + r.start, first + r.stop)))
+                runs.append(fid_from_images(chunks, ref_mu, ref_sigma, extractor))
+                seeds.append(f"{first + r.start}-{first + r.stop - 1}")
+        return {
+            "fid": min(runs),
+            "fid_runs": runs,
+            "fid_seeds": seeds,
+            "fid_n": n,
+            "fid_extractor": extractor.extractor_id,
+            "fid_reference_hash": statistics_hash(ref_mu, ref_sigma),
+        }
+
+
+@lru_cache(maxsize=1)
+def _extractor(path: Path, mtime: int) -> FeatureExtractor:
+    """Loaded once per process and weights file: every FID job of a grid shares it."""
+    return load_inception(path, default_device())
+
+
+def _generated(ev: Evaluation, seeds: list[int], chunk: int = 1000) -> Iterator[Tensor]:
+    """uint8 images of ``seeds``, ``chunk`` at a time, so 50,000 are never held at once."""
+    for lo in range(0, len(seeds), chunk):
+        yield quantize(ev.generate(seeds[lo : lo + chunk]))
+
+
+def _seed_text(seeds: list[int]) -> str:
+    """'0-49999' for a contiguous range, else the seeds joined by commas."""
+    return f"{seeds[0]}-{seeds[-1]}" if _is_range(seeds) else ",".join(map(str, seeds))
+
+
+def _is_range(seeds: list[int]) -> bool:
+    return seeds == list(range(seeds[0], seeds[0] + len(seeds)))

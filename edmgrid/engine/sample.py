@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from edmgrid.design.ode import ProbabilityFlow
-from edmgrid.engine.denoiser import Denoiser
+from edmgrid.engine.denoiser import Denoiser, label_dim
 from edmgrid.spec.sampler import SamplerSpec
 
 
@@ -103,6 +103,7 @@ class CountingDenoiser:
 
     def __init__(self, denoiser: Denoiser) -> None:
         self.denoiser, self.evaluations = denoiser, 0
+        self.label_dim = label_dim(denoiser)
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         self.evaluations += len(x)

@@ -139,11 +139,9 @@ def pick_job(store: Store, space: Space | None, job_id: str | None) -> JobSpec:
     if space is not None:
         jobs, where = space.jobs, f"space {space.source}"
     elif job_id is not None:
-        jobs, where = [], f"the store {store.root}"
-        for found in store.job_ids():
-            row = store.row(found) if found.startswith(job_id) else None
-            if row is not None:
-                jobs.append(JobSpec.model_validate(json.loads(row["config_json"])))
+        where = f"the store {store.root}"
+        found = [i for i in store.job_ids() if i.startswith(job_id)]
+        jobs = [JobSpec.model_validate(store.config(i)) for i in found]
     else:
         raise SpecError("give --space SPACE, --job JOB_ID, or --study NAME of an existing study")
     matches = [j for j in jobs if job_id is None or j.job_id.startswith(job_id)]

@@ -7,6 +7,9 @@ from typing import Any
 from edmgrid.errors import SpecError
 from edmgrid.run.store import Store
 
+#: Columns that must agree for FIDs to sit side by side (issue #6): sample count and detector.
+FID_PROTOCOL_COLUMNS = ("fid_n", "fid_extractor")
+
 
 def load_runs(store: Store, space: str | None) -> Any:
     """The done rows, restricted to a space's jobs when ``space`` is given."""
@@ -18,14 +21,50 @@ def load_runs(store: Store, space: str | None) -> Any:
     return store.query(query)
 
 
-def pivot(store: Store, space: str | None, rows: list[str], cols: list[str], value: str) -> Any:
-    """ROWS × COLS → VALUE (the mean if several jobs share a cell)."""
-    frame = load_runs(store, space)
-    missing = [c for c in [*rows, *cols, value] if c not in frame.columns]
+def check_columns(frame: Any, columns: list[str]) -> None:
+    """A SpecError naming the columns ``frame`` lacks, and the ones it has."""
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         valid = ", ".join(sorted(frame.columns))
         raise SpecError(f"unknown column(s) {', '.join(missing)}; columns: {valid}")
+
+
+def check_comparable(frame: Any, value: str) -> None:
+    """Refuse FIDs taken with different n or feature extractors in one table or plot."""
+    if value != "fid":
+        return
+    rows = frame[frame[value].notna()]
+    for column in FID_PROTOCOL_COLUMNS:
+        if column in rows.columns and rows[column].nunique() > 1:
+            seen = ", ".join(sorted(map(str, rows[column].dropna().unique())))
+            raise SpecError(
+                f"these rows hold FIDs with different {column} ({seen}), which are not "
+                "comparable side by side; select like rows (e.g. --space) or pass --allow-mixed"
+            )
+
+
+def pivot(
+    store: Store,
+    space: str | None,
+    rows: list[str],
+    cols: list[str],
+    value: str,
+    allow_mixed: bool = False,
+) -> Any:
+    """ROWS × COLS → VALUE (the mean if several jobs share a cell).
+
+    When every column has one NFE, it is appended as a last row ``NFE``, as in Table 2.
+    """
+    frame = load_runs(store, space)
+    check_columns(frame, [*rows, *cols, value])
+    if not allow_mixed:
+        check_comparable(frame, value)
     table = frame.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean")
+    if value != "nfe" and "nfe" in frame.columns and len(rows) == 1:
+        nfe = frame.pivot_table(index=rows, columns=cols, values="nfe", aggfunc=["min", "max"])
+        lo, hi = nfe["min"].min(), nfe["max"].max()
+        if (lo == hi).all():
+            table.loc["NFE"] = lo
     table.columns = [
         "/".join(map(str, c)) if isinstance(c, tuple) else str(c) for c in table.columns
     ]

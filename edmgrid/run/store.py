@@ -76,6 +76,15 @@ class Store:
         """The ids of every job with a stored row."""
         return sorted(p.stem for p in self.runs.glob("*.parquet"))
 
+    def config(self, job_id: str) -> dict[str, Any]:
+        """The resolved job config stored in a job's row (to re-create the job)."""
+        import pyarrow.parquet as pq
+
+        path = self.result_path(job_id)
+        if not path.exists():
+            raise SpecError(f"no result for job {job_id} in {self.root}")
+        return dict(json.loads(pq.read_table(path, columns=["config_json"]).column(0)[0].as_py()))
+
     def write(self, row: dict[str, Any]) -> None:
         import pandas as pd
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +13,11 @@ from edmgrid.design.networks import DDPMpp, Network, networks
 from edmgrid.design.p_train import EDMTrain, PTrain, p_trains
 from edmgrid.design.precond import EDMPrecond, Precond, preconds
 from edmgrid.registry import Choice, Registry
+
+if TYPE_CHECKING:
+    from edmgrid.engine.data import Dataset
+    from edmgrid.engine.denoiser import Denoiser
+    from edmgrid.spec.job import JobSpec
 
 models = Registry("model", "the denoiser D(x; σ)", key="kind")
 
@@ -34,6 +40,10 @@ class ModelSpec(Choice):
 
     kind: str
 
+    def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+        """The denoiser of this model for ``dataset`` (``cache_dir`` holds checkpoints)."""
+        raise NotImplementedError
+
 
 @models.register
 class AnalyticModel(ModelSpec):
@@ -41,6 +51,41 @@ class AnalyticModel(ModelSpec):
 
     kind: Literal["analytic"] = "analytic"
     chunk: int = Field(4096, ge=1)
+
+    def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+        from edmgrid.engine.denoiser import AnalyticDenoiser
+
+        return AnalyticDenoiser(dataset.x, chunk=self.chunk)
+
+
+@models.register
+class PickleModel(ModelSpec):
+    """An official EDM network pickle's ``ema`` network (needs the NVlabs/edm code importable)."""
+
+    kind: Literal["pickle"] = "pickle"
+    path: str = Field(min_length=1)
+
+    def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+        from edmgrid.engine.models import load_network_pickle, network_denoiser
+
+        return network_denoiser(load_network_pickle(self.path), dataset, self.path)
+
+
+@models.register
+class EntrypointModel(ModelSpec):
+    """A torch.nn.Module from the factory ``target`` ("module:function") called with ``kwargs``.
+
+    The module is called as ``net(x, sigma, class_labels)`` (see :mod:`edmgrid.engine.models`).
+    """
+
+    kind: Literal["entrypoint"] = "entrypoint"
+    target: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+        from edmgrid.engine.models import load_entrypoint, network_denoiser
+
+        return network_denoiser(load_entrypoint(self.target, self.kwargs), dataset, self.target)
 
 
 class TrainingSpec(BaseModel):
@@ -74,3 +119,9 @@ class TrainedModel(ModelSpec):
     p_train: PTrainChoice = Field(default_factory=EDMTrain)
     augment: AugmentChoice = Field(default_factory=NoAugment)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+    def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+        from edmgrid.engine.denoiser import TorchDenoiser
+        from edmgrid.engine.train import load_trained
+
+        return TorchDenoiser(load_trained(job, dataset, cache_dir))

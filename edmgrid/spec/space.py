@@ -184,8 +184,13 @@ def read_text(path: Path) -> str:
         raise SpecError(f"cannot read: {e.strerror}", file=str(path)) from None
 
 
-def load_space(path: str | Path, max_jobs: int | None = MAX_JOBS) -> Space:
-    """Parse, expand and validate a space file; every problem is a SpecError naming the spot."""
+def load_space(
+    path: str | Path, max_jobs: int | None = MAX_JOBS, overrides: dict[str, Any] | None = None
+) -> Space:
+    """Parse, expand and validate a space file; every problem is a SpecError naming the spot.
+
+    ``overrides`` maps dotted paths to values set in every job (``--data`` sets ``data.path``).
+    """
     path = Path(path)
     text = read_text(path)
     try:
@@ -216,6 +221,8 @@ def load_space(path: str | Path, max_jobs: int | None = MAX_JOBS) -> Space:
         )
     jobs: dict[str, JobSpec] = {}
     for i, config in enumerate(configs):
+        for key, value in (overrides or {}).items():
+            set_path(config, key, value)
         try:
             job = JobSpec.model_validate(config)
         except ValidationError as e:
