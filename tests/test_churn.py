@@ -24,6 +24,7 @@ from edmgrid.run.churn import (
     run_churn,
     trial_job,
 )
+from edmgrid.run.jobs import run_job
 from edmgrid.run.store import Store
 from edmgrid.spec.job import JobSpec
 from edmgrid.spec.presets import SOLVER
@@ -155,6 +156,36 @@ def test_interrupted_study_keeps_finished_trials_and_finishes_the_running_one(re
     assert finished(s)[:2] == kept and len(finished(s)) == 4 == report.trials
     assert s.trials[2].state == TrialState.COMPLETE and s.trials[2].params == interrupted
     assert calls[3].job_id == calls[2].job_id  # the stale trial ran again, first
+
+
+class LastInFirstOut:
+    """A two-slot pool whose later job finishes first (as on two workers)."""
+
+    slots = 2
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.running, self.most = store, [], 0
+
+    def submit(self, item) -> None:
+        self.running.append(item)
+        self.most = max(self.most, len(self.running))
+
+    def next_row(self) -> dict:
+        item = self.running.pop()
+        return run_job(item.job, "lifo", self.store, extra=item.columns)
+
+
+def test_trials_fill_every_slot_and_are_told_as_they_finish(results):
+    store, told = Store(results), []
+    pool = LastInFirstOut(store)
+    settings = Settings(base_job(), "fd_raw", 16)
+    run_churn(store, settings, Options(trials=5, final_samples=0), pool=pool, log=told.append)
+    assert pool.most == 2
+    assert [int(line.split()[1]) for line in told] == [1, 2, 3, 4, 0]
+    s = study(results)
+    assert [t.state for t in s.trials] == [TrialState.COMPLETE] * 5
+    rows = store.query("SELECT trial, fd_raw FROM runs ORDER BY trial")
+    assert rows["fd_raw"].tolist() == pytest.approx([t.value for t in s.trials])
 
 
 def test_final_stage_reevaluates_top_k_and_both_references_on_fresh_seeds(results):

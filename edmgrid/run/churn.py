@@ -20,10 +20,11 @@ import json
 import math
 import re
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution
@@ -195,24 +196,47 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 @dataclass(frozen=True)
 class TrialJob:
-    """One trial's job and the columns that tie its row to the study."""
+    """One trial's job, the parameters it was asked with, and the columns that tie its row to
+    the study."""
 
     job: JobSpec
+    params: dict[str, float]
     columns: dict[str, Any]
 
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.columns["trial"], self.columns["stage"]
 
-#: The seam to the executors: evaluate jobs, yield their rows as they finish.
-Evaluate = Callable[[list[TrialJob]], Iterator[dict[str, Any]]]
+
+class Pool(Protocol):
+    """The seam to the executors: where trial jobs run, ``slots`` at a time."""
+
+    slots: int
+
+    def submit(self, item: TrialJob) -> None:
+        """Start ``item`` (the driver never has more than ``slots`` in flight)."""
+        ...
+
+    def next_row(self) -> dict[str, Any]:
+        """Wait for a submitted job to finish; its row (carrying ``item.columns``)."""
+        ...
 
 
-def in_process(store: Store, space: str) -> Evaluate:
-    """Evaluate each job in this process with ``run_job``, one after the other."""
+class InProcess:
+    """``run_job`` in this process, one job at a time."""
 
-    def evaluate(batch: list[TrialJob]) -> Iterator[dict[str, Any]]:
-        for item in batch:
-            yield run_job(item.job, space, store, extra=item.columns)
+    slots = 1
 
-    return evaluate
+    def __init__(self, store: Store, space: str) -> None:
+        self.store, self.space = store, space
+        self.queue: deque[TrialJob] = deque()
+
+    def submit(self, item: TrialJob) -> None:
+        self.queue.append(item)
+
+    def next_row(self) -> dict[str, Any]:
+        item = self.queue.popleft()
+        return run_job(item.job, self.space, self.store, extra=item.columns)
 
 
 @dataclass(frozen=True)
@@ -366,80 +390,90 @@ def _fmt(params: Mapping[str, float]) -> str:
 
 
 class Driver:
-    """Ask/tell from one process: ask up to ``slots`` trials, evaluate them, tell as they finish."""
+    """Ask/tell from one process: keep the pool's slots busy, asking a trial whenever one frees
+    up, and tell each result as it finishes."""
 
     def __init__(
         self,
         store: Store,
         study: optuna.Study,
         search: ChurnSearch,
-        evaluate: Evaluate,
-        slots: int,
+        pool: Pool,
         log: Callable[[str], None],
     ) -> None:
-        self.store, self.study, self.evaluate = store, study, evaluate
-        self.slots, self.log = slots, log
+        self.store, self.study, self.pool, self.log = store, study, pool, log
         self.settings = Settings.from_attrs(study.user_attrs)
         self.distributions = search.distributions()
         self.jobs: set[str] = set()
+        self.in_flight: dict[tuple[int, str], TrialJob] = {}
 
     def job(self, params: Mapping[str, float], stage: str, final_samples: int = 0) -> JobSpec:
         n = self.settings.num_samples
         seeds = f"0-{n - 1}" if stage == "search" else f"{n}-{n + final_samples - 1}"
         return trial_job(self.settings.base, params, self.settings.metric, seeds)
 
-    def rows(self, batch: list[TrialJob]) -> Iterator[tuple[TrialJob, dict[str, Any]]]:
-        """Each item's row: a stored done row is reused, the rest are evaluated."""
-        fresh = []
-        for item in batch:
-            self.jobs.add(item.job.job_id)
-            row = self.store.row(item.job.job_id)
-            if row is not None and row["status"] == "done":
-                yield item, row
-            else:
-                fresh.append(item)
-        by_key = {(i.columns["trial"], i.columns["stage"]): i for i in fresh}
-        for row in self.evaluate(fresh):
-            yield by_key[(row["trial"], row["stage"])], row
+    def item(
+        self, number: int, params: Mapping[str, float], stage: str, final: int = 0
+    ) -> TrialJob:
+        columns = {"study": self.study.study_name, "trial": number, "stage": stage}
+        return TrialJob(self.job(params, stage, final), dict(params), columns)
+
+    def run(
+        self, items: Iterator[TrialJob], done: Callable[[TrialJob, dict[str, Any]], None]
+    ) -> None:
+        """Run ``items``, pulled one at a time while a slot is free; a stored done row is reused
+        without running. ``done(item, row)`` as each finishes."""
+        while True:
+            while len(self.in_flight) < self.pool.slots:
+                item = next(items, None)
+                if item is None:
+                    break
+                self.jobs.add(item.job.job_id)
+                row = self.store.row(item.job.job_id)
+                if row is not None and row["status"] == "done":
+                    done(item, row)
+                else:
+                    self.pool.submit(item)
+                    self.in_flight[item.key] = item
+            if not self.in_flight:
+                return
+            row = self.pool.next_row()
+            done(self.in_flight.pop((row["trial"], row["stage"])), row)
 
     def search(self, trials: int) -> None:
         """Run trials until the study has ``trials`` finished ones; stale running trials (of a
         killed driver) are evaluated first."""
-        study = self.study
-        todo: list[tuple[int, dict[str, float]]] = []
+        study, metric = self.study, self.settings.metric
+        stale = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if set(PARAMS) <= set(t.params):
-                todo.append((t.number, t.params))
+                stale.append(self.item(t.number, t.params, "search"))
             else:
                 study.tell(t.number, state=TrialState.FAIL)
-        while True:
-            done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-            while len(todo) < self.slots and done + len(todo) < trials:
+        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+        def asked() -> Iterator[TrialJob]:
+            yield from stale
+            while finished + len(self.in_flight) < trials:
                 trial = study.ask(self.distributions)
-                trial.set_user_attr("job_id", self.job(trial.params, "search").job_id)
-                todo.append((trial.number, trial.params))
-            if not todo:
-                return
-            batch, todo = todo[: self.slots], todo[self.slots :]
-            items = [
-                TrialJob(
-                    self.job(params, "search"),
-                    {"study": study.study_name, "trial": number, "stage": "search"},
-                )
-                for number, params in batch
-            ]
-            params_of = dict(batch)
-            for item, row in self.rows(items):
-                number = item.columns["trial"]
-                if row["status"] == "done":
-                    value = float(row[self.settings.metric])
-                    study.tell(number, value)
-                    outcome = f"{self.settings.metric} {value:.5g}"
-                else:
-                    study.tell(number, state=TrialState.FAIL)
-                    outcome = f"failed: {row['error']}"
-                self.log(f"trial {number:>3}  {_fmt(params_of[number])}  {outcome}")
+                item = self.item(trial.number, trial.params, "search")
+                trial.set_user_attr("job_id", item.job.job_id)
+                yield item
+
+        def tell(item: TrialJob, row: dict[str, Any]) -> None:
+            nonlocal finished
+            number = item.columns["trial"]
+            if row["status"] == "done":
+                study.tell(number, float(row[metric]))
+                outcome = f"{metric} {row[metric]:.5g}"
+            else:
+                study.tell(number, state=TrialState.FAIL)
+                outcome = f"failed: {row['error']}"
+            finished += 1
+            self.log(f"trial {number:>3}  {_fmt(item.params)}  {outcome}")
             self.record()
+
+        self.run(asked(), tell)
 
     def candidates(self, top_k: int, final_samples: int) -> list[Candidate]:
         """The paper's setting, the deterministic sampler, the ``top_k`` best distinct jobs, and
@@ -476,21 +510,19 @@ class Driver:
         """Re-evaluate the candidates on ``final_samples`` fresh seeds (disjoint from the
         search's, so the selection does not bias the comparison)."""
         by_trial = {c.trial: c for c in candidates}
-        items = [
-            TrialJob(
-                self.job(c.params, "final", final_samples),
-                {"study": self.study.study_name, "trial": c.trial, "stage": "final"},
-            )
-            for c in candidates
-        ]
-        for item, row in self.rows(items):
+        metric = self.settings.metric
+
+        def done(item: TrialJob, row: dict[str, Any]) -> None:
             entry = by_trial[item.columns["trial"]]
             if row["status"] == "done":
-                entry.final, entry.nfe = float(row[self.settings.metric]), float(row["nfe"])
-                outcome = f"{self.settings.metric} {entry.final:.5g}"
+                entry.final, entry.nfe = float(row[metric]), float(row["nfe"])
+                outcome = f"{metric} {entry.final:.5g}"
             else:
                 outcome = f"failed: {row['error']}"
             self.log(f"final {entry.trial:>3}  {', '.join(entry.roles)}  {outcome}")
+
+        items = (self.item(c.trial, c.params, "final", final_samples) for c in candidates)
+        self.run(items, done)
         self.record()
 
     def record(self) -> None:
@@ -555,15 +587,14 @@ def run_churn(
     overrides: Mapping[str, tuple[float, float]] | None = None,
     source: str | None = None,
     study_name: str | None = None,
-    evaluate: Evaluate | None = None,
-    slots: int = 1,
+    pool: Pool | None = None,
     log: Callable[[str], None] = print,
 ) -> Report:
     """Search (or continue searching) the churn of ``settings``' job; see the module docstring.
 
     Ranges: ``section`` (a space's ``search:``, from file ``source``) with ``overrides`` over it.
     ``settings`` None continues the existing study ``study_name`` with its last ranges.
-    ``evaluate`` (default: in this process) runs up to ``slots`` trials at a time.
+    ``pool`` (default: in this process) runs the trials, as many at a time as it has slots.
     """
     options.check()
     overrides = dict(overrides or {})
@@ -584,7 +615,7 @@ def run_churn(
             # a resumed study must not replay the sampler's first draws
             study.sampler = make_sampler(options.sampler, options.seed + len(study.trials))
         prepare(settings, store, log)
-        driver = Driver(store, study, search, evaluate or in_process(store, name), slots, log)
+        driver = Driver(store, study, search, pool or InProcess(store, name), log)
         driver.search(options.trials)
         candidates = driver.candidates(options.top_k, options.final_samples)
         if options.final_samples > 0 and candidates:
