@@ -201,6 +201,18 @@ def test_final_stage_reevaluates_top_k_and_both_references_on_fresh_seeds(result
     assert set(rows["trial"]) == {c.trial for c in report.candidates}
 
 
+@pytest.mark.filterwarnings("ignore:Fixed parameter")  # the paper setting is out of range
+def test_empty_churn_windows_reuse_the_deterministic_row_and_are_one_candidate(results):
+    store, settings = Store(results), Settings(base_job(), "fd_raw", 16)
+    empty = {"S_min": (5.0, 10.0), "S_max": (0.2, 1.0)}  # S_min > S_max after trial 0
+    options = Options(trials=4, final_samples=16, top_k=3)
+    report = run_churn(store, settings, options, overrides=empty, log=lambda line: None)
+    values = [t.value for t in study(results).trials]
+    assert values[1] == values[2] == values[3] != values[0]
+    assert [c.trial for c in report.candidates] == [0, 1]
+    assert len(store.job_ids()) == 4  # paper and deterministic, search and final
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -486,20 +486,21 @@ class Driver:
             entry = chosen.setdefault(t.number, Candidate(t.number, [], t.params, t.value))
             entry.roles.append(role)
 
-        seen: set[str] = set()
+        seen: set[str] = set()  # search jobs: trials that share one are one candidate
+        top = 0
         for t in sorted(complete, key=lambda t: (t.value, t.number)):
             if "role" in t.user_attrs:
                 add(t, t.user_attrs["role"])
             job_id = self.job(t.params, "search").job_id
             if job_id in seen:
                 continue
-            if len(seen) < top_k:
-                seen.add(job_id)
-                add(t, f"top {len(seen)}")
+            seen.add(job_id)
+            if top < top_k:
+                top += 1
+                add(t, f"top {top}")
             elif t.number not in chosen and final_samples:
                 final = self.job(t.params, "final", final_samples).job_id
                 if self.store.status(final) == "done":
-                    seen.add(job_id)
                     add(t, "earlier final")
         for entry in chosen.values():
             row = self.store.row(self.job(entry.params, "search").job_id)
