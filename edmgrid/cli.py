@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from edmgrid.errors import EdmgridError
+from edmgrid.errors import EdmgridError, SpecError
 
 app = typer.Typer(
     name="edmgrid",
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 
 RESULTS = typer.Option(Path("results"), "--results", "-r", help="Results directory.")
+YES = typer.Option(False, "--yes", help="Allow grids above the job limit.")
 FORMAT_HELP = "Output format: table, csv, markdown, latex or json."
 PYTHONPATH = typer.Option(
     [],
@@ -54,7 +55,9 @@ def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
             table.add_row(*(_cell(v) for v in row))
         _console().print(table)
     else:
-        raise EdmgridError(f"unknown format {fmt!r}; valid: table, csv, markdown, latex, json")
+        raise SpecError(
+            f"unknown format {fmt!r}; valid: table, csv, markdown, latex, json", path="--format"
+        )
 
 
 def _cell(value: Any) -> str:
@@ -117,7 +120,7 @@ def run(
     retry_failed: bool = typer.Option(
         True, "--retry-failed/--no-retry-failed", help="Re-run jobs whose last result is a failure."
     ),
-    yes: bool = typer.Option(False, "--yes", help="Allow grids above the job limit."),
+    yes: bool = YES,
     data: Path | None = typer.Option(
         None, "--data", help="Path of the data set file or folder (sets data.path in every job)."
     ),
@@ -140,7 +143,11 @@ def run(
     if inception is not None:
         os.environ[ENV_VAR] = str(inception.expanduser().resolve())
     overrides = {"data.path": str(data.expanduser().resolve())} if data is not None else None
-    loaded = load_space(space, max_jobs=None if yes else MAX_JOBS, overrides=overrides)
+    loaded = load_space(
+        space, max_jobs=None if yes else MAX_JOBS, overrides=overrides, check_inputs=True
+    )
+    if results.exists() and not results.is_dir():
+        raise SpecError("is not a directory; name a results directory", file=str(results))
     summary = run_space(loaded, Store(results), force=force, retry_failed=retry_failed)
     _print_summary(summary)
     if not summary.ok:
@@ -168,12 +175,13 @@ def _print_summary(summary: Any) -> None:
 def show(
     space: Path = typer.Argument(..., help="Space file (YAML)."),
     as_json: bool = typer.Option(False, "--json", help="Print the resolved jobs as JSON."),
+    yes: bool = YES,
 ) -> None:
     """Print the expanded, fully resolved jobs of SPACE (a dry run)."""
     from edmgrid.run.jobs import flatten
-    from edmgrid.spec.space import load_space
+    from edmgrid.spec.space import MAX_JOBS, load_space
 
-    loaded = load_space(space, max_jobs=None)
+    loaded = load_space(space, max_jobs=None if yes else MAX_JOBS)
     if as_json:
         jobs = [{"job_id": j.job_id, **j.resolved()} for j in loaded.jobs]
         sys.stdout.write(json.dumps({"space": loaded.name, "jobs": jobs}, indent=1) + "\n")
@@ -388,20 +396,25 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except EdmgridError as e:
-        _console().print(f"[red]error:[/red] {e}", highlight=False)
+        from rich.console import Console
+        from rich.markup import escape
+
+        # stderr, unwrapped, and escaped: a file name like "a[/b].yaml" is text, not markup
+        Console(stderr=True, soft_wrap=True, highlight=False).print(
+            f"[red]error:[/red] {escape(str(e))}"
+        )
         sys.exit(e.exit_code)
     except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except typer.TyperException as e:  # usage errors: typer's own (vendored) click exceptions
+        if hasattr(e, "show"):
+            e.show()
+        else:
+            sys.stderr.write(f"error: {e.format_message()}\n")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
     sys.exit(code if isinstance(code, int) else 0)

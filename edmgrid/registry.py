@@ -13,19 +13,68 @@ Schemas are validated as a discriminated union on the registry's key (``name`` f
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar, Union
+import math
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Tag
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Tag,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 T = TypeVar("T", bound=type[BaseModel])
 
 
-class Choice(BaseModel):
+class Strict(BaseModel):
+    """A schema whose errors say the fix: unknown keys list the valid ones; NaN is refused.
+
+    ``+inf`` stays valid where a field's bounds allow it (``S_max``); NaN never is, since it
+    passes no comparison and would only surface as non-finite samples.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key '{key}'; valid keys: {valid}",
+                        {"key": str(key), "valid": ", ".join(cls.model_fields)},
+                    )
+        return data
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _not_nan(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # before parsing (so bounds do not report NaN as "not > 0") and after ("nan" strings)
+        if _is_nan(value) or _is_nan(value := handler(value)):
+            raise ValueError("NaN is not a number; give a finite value")
+        return value
+
+
+def _is_nan(value: Any) -> bool:
+    """A float NaN, or a list or tuple holding one."""
+    if isinstance(value, list | tuple):
+        return any(_is_nan(v) for v in value)
+    return isinstance(value, float) and math.isnan(value)
+
+
+class Choice(Strict):
     """Base of every registered choice: frozen, and unknown fields are errors."""
 
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, protected_namespaces=(), ser_json_inf_nan="constants"
-    )
+    model_config = ConfigDict(frozen=True, protected_namespaces=(), ser_json_inf_nan="constants")
+
+    #: Fields naming local files or folders the choice reads; ``edmgrid run`` checks they exist.
+    input_paths: ClassVar[tuple[str, ...]] = ()
 
 
 class Registry:
@@ -63,7 +112,7 @@ class Registry:
         tag = Discriminator(
             self._tag,
             custom_error_type="unknown_choice",
-            custom_error_message=f"unknown {self.axis} '{self.key}'; valid choices: {valid}",
+            custom_error_message=f"{self.axis} needs '{self.key}: CHOICE'; valid choices: {valid}",
         )
         return Annotated[Union[members], tag]  # noqa: UP007
 

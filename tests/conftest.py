@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -51,3 +54,32 @@ def results(tmp_path: Path) -> Path:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    """Exit code and captured output of one ``edmgrid`` invocation."""
+
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Invoke the console entry point ``edmgrid.cli.main`` in-process with the given arguments.
+
+    This is the code path of the installed ``edmgrid`` script (exit codes, error messages),
+    without the second or two of imports a subprocess costs.
+    """
+    from edmgrid.cli import main
+
+    def invoke(*args: str | Path) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["edmgrid", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        code = exit_info.value.code
+        return CliResult(code if isinstance(code, int) else 1, captured.out, captured.err)
+
+    return invoke

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from torch import Tensor
 
@@ -23,8 +24,9 @@ class ProbabilityFlow:
     denoise: Denoise  # float64 in, float64 out
     round_sigma: Callable[[Tensor], Tensor]
 
-    @property
+    @cached_property
     def b(self) -> float:
+        """The schedule's input scale (Chen 2023), 1 for the others."""
         return float(getattr(self.schedule, "input_scale", 1.0))
 
     def sigma(self, t: Tensor) -> Tensor:
@@ -38,7 +40,10 @@ class ProbabilityFlow:
         return self.schedule.sigma_inv(self.round_sigma(sigma))
 
     def derivative(self, x: Tensor, t: Tensor) -> Tensor:
-        sigma, dsigma = self.schedule.sigma(t), self.schedule.sigma_deriv(t)
-        s = self.scaling.s(sigma, self.b)
-        ds = self.scaling.s_deriv(sigma, dsigma, self.b)
-        return (dsigma / sigma + ds / s) * x - dsigma * s / sigma * self.denoise(x / s, sigma)
+        """dx/dt at a scalar (0-d) time t; the coefficients are Python floats."""
+        sigma_t, dsigma_t = self.schedule.sigma(t), self.schedule.sigma_deriv(t)
+        sigma, dsigma = float(sigma_t), float(dsigma_t)
+        s = float(self.scaling.s(sigma_t, self.b))
+        ds = float(self.scaling.s_deriv(sigma_t, dsigma_t, self.b))
+        denoised = self.denoise(x if s == 1 else x / s, sigma_t)
+        return (x * (dsigma / sigma + ds / s)).sub_(denoised, alpha=dsigma * s / sigma)

@@ -1,8 +1,9 @@
-"""ODE/SDE solvers over a time grid t_0 > … > t_N = 0 (EDM Algorithms 1–3).
+"""ODE/SDE solvers over a time grid t_0 > … > t_N = 0 (EDM Algorithms 1–3, and multistep).
 
-Every solver has one signature, ``solve(ode, x, t_steps, randn_like) -> x``, and the
-stochastic "churn" of Algorithm 2 (S_churn, S_min, S_max, S_noise). The derivative is
-evaluated at (x̂, t̂); the last step into t_N = 0 is always an Euler step.
+Every solver has one signature, ``solve(ode, x, t_steps, randn_like) -> x``; the last step
+into t_N = 0 is always an Euler step. Euler and Heun carry the stochastic "churn" of
+Algorithm 2 (S_churn, S_min, S_max, S_noise) and evaluate the derivative at (x̂, t̂); the
+multistep solvers (DPM-Solver++, iPNDM) are deterministic and work in x̃ = x/s and σ.
 """
 
 from __future__ import annotations
@@ -23,6 +24,30 @@ solvers = Registry("solver", "ODE solver with the stochastic churn of Algorithm 
 RandnLike = Callable[[Tensor], Tensor]
 
 
+class StepNoise:
+    """The churn noise of one solve: step i uses the i-th draw of ``randn_like``.
+
+    The official sampler draws at every step, used or not; so that each seed's stream gives
+    the same noise as there, the draws of the steps without churn are made too, but only
+    when a later step needs noise. Draws that no step uses, all of them when S_churn = 0,
+    are left out: they would change no sample, and cost as much as a cheap denoiser call.
+    """
+
+    def __init__(self, randn_like: RandnLike) -> None:
+        self.randn_like, self.pending = randn_like, 0
+
+    def skip(self) -> None:
+        """A step without churn: its draw is owed."""
+        self.pending += 1
+
+    def draw(self, x: Tensor) -> Tensor:
+        """The noise of this step, after the owed draws (discarded)."""
+        for _ in range(self.pending):
+            self.randn_like(x)
+        self.pending = 0
+        return self.randn_like(x)
+
+
 class Solver(Choice):
     """A solver with Algorithm 2's churn: γ_i = min(S_churn/N, √2−1) where S_min ≤ σ_i ≤ S_max."""
 
@@ -39,17 +64,18 @@ class Solver(Choice):
         return self
 
     def churn(
-        self, ode: ProbabilityFlow, x: Tensor, t: Tensor, num_steps: int, randn_like: RandnLike
+        self, ode: ProbabilityFlow, x: Tensor, t: Tensor, num_steps: int, noise: StepNoise
     ) -> tuple[Tensor, Tensor]:
         """Raise the noise level of x from σ(t) to σ(t̂) = (1+γ)σ(t) (Algorithm 2, lines 4–6)."""
         sigma = ode.sigma(t)
         gamma = min(self.S_churn / num_steps, math.sqrt(2) - 1)
-        if not self.S_min <= float(sigma) <= self.S_max:
-            gamma = 0.0
+        if gamma == 0 or not self.S_min <= float(sigma) <= self.S_max:
+            noise.skip()
+            return x, t
         t_hat = ode.t_of_sigma(sigma * (1 + gamma))
         sigma_hat, s_hat = ode.sigma(t_hat), ode.s(t_hat)
-        noise = (sigma_hat**2 - sigma**2).clamp(min=0).sqrt() * s_hat * self.S_noise
-        return s_hat / ode.s(t) * x + noise * randn_like(x), t_hat
+        std = (sigma_hat**2 - sigma**2).clamp(min=0).sqrt() * s_hat * self.S_noise
+        return s_hat / ode.s(t) * x + std * noise.draw(x), t_hat
 
     def solve(
         self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
@@ -66,10 +92,10 @@ class Euler(Solver):
     def solve(
         self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
     ) -> Tensor:
-        num_steps = len(t_steps) - 1
+        num_steps, noise = len(t_steps) - 1, StepNoise(randn_like)
         for t_cur, t_next in itertools.pairwise(t_steps):
-            x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, randn_like)
-            x = x_hat + (t_next - t_hat) * ode.derivative(x_hat, t_hat)
+            x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, noise)
+            x = x_hat.add(ode.derivative(x_hat, t_hat), alpha=float(t_next - t_hat))
         return x
 
 
@@ -83,14 +109,151 @@ class Heun(Solver):
     def solve(
         self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
     ) -> Tensor:
-        num_steps, a = len(t_steps) - 1, self.alpha
+        num_steps, a, noise = len(t_steps) - 1, self.alpha, StepNoise(randn_like)
         for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
-            x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, randn_like)
-            h = t_next - t_hat
+            x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, noise)
+            h = float(t_next - t_hat)
             d_cur = ode.derivative(x_hat, t_hat)
             if i == num_steps - 1:  # Euler into t_N = 0
-                x = x_hat + h * d_cur
+                x = x_hat.add(d_cur, alpha=h)
                 continue
-            d_prime = ode.derivative(x_hat + a * h * d_cur, t_hat + a * h)
-            x = x_hat + h * ((1 - 1 / (2 * a)) * d_cur + 1 / (2 * a) * d_prime)
+            d_prime = ode.derivative(x_hat.add(d_cur, alpha=a * h), t_hat + a * h)
+            x = x_hat.add(d_cur, alpha=h * (1 - 1 / (2 * a))).add_(d_prime, alpha=h / (2 * a))
         return x
+
+
+class Multistep(Solver):
+    """A deterministic multistep solver of dx̃/dσ = (x̃ − D(x̃; σ))/σ, with x̃ = x/s(t).
+
+    This ODE (Eq. 4 with s = 1) is the same for every σ(t) and s(t), so the method works on
+    σ_i = σ(t_i) and x̃ and is exact for any parameterisation: x = s(t_N)·x̃ at the end. It
+    evaluates D once per step, at σ_0 … σ_{N−1} (NFE = N), and extrapolates a quantity of the
+    last ``order`` evaluations (``node``); the first steps warm up with lower orders. The last
+    step into σ_N = 0 is Euler's, x̃_N = D(x̃_{N−1}; σ_{N−1}), as in Algorithms 1–2. Churn
+    would mix fresh noise into the history, so S_churn > 0 is rejected.
+    """
+
+    order: int
+
+    @model_validator(mode="after")
+    def _deterministic(self) -> Multistep:
+        if self.S_churn > 0:
+            raise ValueError(
+                f"{self.name} is a deterministic multistep solver: S_churn must be 0, "
+                f"got {self.S_churn} (use euler or heun for stochastic sampling)"
+            )
+        return self
+
+    def node(self, x: Tensor, denoised: Tensor, sigma: float) -> Tensor:
+        """The quantity at (x̃_i, σ_i) that the method extrapolates."""
+        raise NotImplementedError
+
+    def step(self, x: Tensor, history: list[tuple[float, Tensor]], sigma_next: float) -> Tensor:
+        """x̃_{i+1} from x̃_i and the nodes (σ_j, node_j), newest first, j = i, i−1, …"""
+        raise NotImplementedError
+
+    def solve(
+        self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
+    ) -> Tensor:
+        sigma_steps, s_steps = ode.sigma(t_steps), ode.s(t_steps)
+        sigmas = sigma_steps.tolist()
+        x = x / s_steps[0]
+        history: list[tuple[float, Tensor]] = []
+        for i, (sigma, sigma_next) in enumerate(itertools.pairwise(sigmas[:-1])):
+            denoised = ode.denoise(x, sigma_steps[i])
+            history = [(sigma, self.node(x, denoised, sigma)), *history[: self.order - 1]]
+            x = self.step(x, history, sigma_next)
+        sigma = sigmas[-2]  # Euler into t_N = 0: x̃_N = D(x̃_{N−1}; σ_{N−1})
+        x = x + (sigmas[-1] - sigma) / sigma * (x - ode.denoise(x, sigma_steps[-2]))
+        return x * s_steps[-1]
+
+
+@solvers.register
+class DPMSolverPP(Multistep):
+    """DPM-Solver++(kM) (Lu et al. 2022, "DPM-Solver++", Alg. 2): data-prediction multistep.
+
+    With λ = −log σ and h = λ_{i+1} − λ_i, the exact solution is
+    x̃_{i+1} = e^{−h}·x̃_i + ∫_0^h e^{−(h−u)} D(λ_i + u) du; D is extrapolated by the
+    polynomial through its last k values in λ. k = 1 is DDIM; k = 2 is Algorithm 2 (the
+    integral of the linear term approximated by ½h(1 − e^{−h})); k = 3 integrates the quadratic
+    exactly, which makes it third order (the common 3M code weights the second divided
+    difference by half of that integral and is second order).
+    """
+
+    name: Literal["dpmpp"] = "dpmpp"
+    order: int = Field(2, ge=1, le=3)
+
+    def node(self, x: Tensor, denoised: Tensor, sigma: float) -> Tensor:
+        return denoised
+
+    def step(self, x: Tensor, history: list[tuple[float, Tensor]], sigma_next: float) -> Tensor:
+        (sigma, d0), *older = history
+        h = math.log(sigma / sigma_next)
+        i0 = -math.expm1(-h)  # ∫_0^h e^{−(h−u)} du
+        x = sigma_next / sigma * x + i0 * d0
+        if not older:
+            return x
+        h1 = math.log(older[0][0] / sigma)
+        dd1 = (d0 - older[0][1]) / h1  # divided differences of D in λ
+        if len(older) == 1:
+            return x + (0.5 * h * i0) * dd1
+        h2 = math.log(older[1][0] / older[0][0])
+        dd2 = (dd1 - (older[0][1] - older[1][1]) / h2) / (h1 + h2)
+        i1 = h - i0  # ∫_0^h e^{−(h−u)} u du
+        i2 = h * h - 2 * i1  # ∫_0^h e^{−(h−u)} u² du
+        # D(λ_i + u) ≈ D_i + dd1·u + dd2·u(u + h1)
+        return x + i1 * dd1 + (i1 * h1 + i2) * dd2
+
+
+#: Adams–Bashforth coefficients for equal steps, newest derivative first.
+ADAMS_BASHFORTH = (
+    (1.0,),
+    (3 / 2, -1 / 2),
+    (23 / 12, -16 / 12, 5 / 12),
+    (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+)
+
+#: Two-point Gauss–Legendre rule on [0, 1]: exact for the cubic Lagrange basis of order 4.
+_GAUSS_LEGENDRE = ((0.5 - math.sqrt(3) / 6, 0.5), (0.5 + math.sqrt(3) / 6, 0.5))
+
+
+def adams_bashforth_weights(nodes: list[float], lo: float, hi: float) -> list[float]:
+    """w_j = mean over [lo, hi] of the Lagrange basis polynomial ℓ_j on ``nodes`` (≤ 4 of them).
+
+    x(hi) ≈ x(lo) + (hi − lo)·Σ_j w_j·f(nodes_j) is the variable-step Adams–Bashforth method.
+    """
+    weights = [0.0] * len(nodes)
+    for frac, g in _GAUSS_LEGENDRE:
+        u = lo + frac * (hi - lo)
+        for j, node_j in enumerate(nodes):
+            basis = math.prod((u - m) / (node_j - m) for k, m in enumerate(nodes) if k != j)
+            weights[j] += g * basis
+    return weights
+
+
+@solvers.register
+class IPNDM(Multistep):
+    """iPNDM (Zhang & Chen 2023, DEIS App.): Adams–Bashforth on dx̃/dσ with a lower-order start.
+
+    Step i uses order min(i + 1, ``order``) on the derivatives d_j = (x̃_j − D_j)/σ_j. With
+    ``variable_step`` false these are the equal-step coefficients of the paper, which are
+    second order on a non-uniform σ grid; true integrates the Lagrange polynomial of the
+    d_j over [σ_i, σ_{i+1}] (iPNDM_v, Zhou et al. 2024), of full order on any grid.
+    """
+
+    name: Literal["ipndm"] = "ipndm"
+    order: int = Field(4, ge=1, le=4)
+    variable_step: bool = False
+
+    def node(self, x: Tensor, denoised: Tensor, sigma: float) -> Tensor:
+        return (x - denoised) / sigma
+
+    def step(self, x: Tensor, history: list[tuple[float, Tensor]], sigma_next: float) -> Tensor:
+        sigma = history[0][0]
+        if self.variable_step:
+            weights = adams_bashforth_weights([s for s, _ in history], sigma, sigma_next)
+        else:
+            weights = list(ADAMS_BASHFORTH[len(history) - 1])
+        return x + (sigma_next - sigma) * sum(
+            w * d for w, (_, d) in zip(weights, history, strict=True)
+        )

@@ -120,6 +120,7 @@ class Toy2D(DataSpec):
 class ImageFile(DataSpec):
     """Images read from a local file or folder (``path``), with their class labels if any."""
 
+    input_paths = ("path",)
     path: str = Field(min_length=1)
 
     def load(self) -> Dataset:

@@ -64,6 +64,11 @@ class Metric(Choice):
         raise NotImplementedError
 
 
+def rms_distance(a: Tensor, b: Tensor) -> float:
+    """sqrt(mean((a − b)²)) over every sample and element."""
+    return float((a - b).pow(2).mean().sqrt())
+
+
 @metrics.register
 class ODEError(Metric):
     """RMS distance to a high-accuracy solution of the same ODE from the same latents.
@@ -75,19 +80,22 @@ class ODEError(Metric):
     name: Literal["ode_error"] = "ode_error"
     reference_steps: int = Field(256, ge=2)
 
-    def compute(self, ev: Evaluation) -> dict[str, float]:
-        spec = SamplerSpec.model_validate(
+    def reference(self, sigma_last: float, sigma_first: float) -> SamplerSpec:
+        """The reference sampler of a run whose σ_{N−1}, σ_0 are ``sigma_last``, ``sigma_first``."""
+        return SamplerSpec.model_validate(
             {
                 "timesteps": {
                     "name": "edm",
                     "num_steps": self.reference_steps,
-                    "sigma_min": ev.sigma_last,
-                    "sigma_max": ev.sigma_first,
+                    "sigma_min": sigma_last,
+                    "sigma_max": sigma_first,
                 }
             }
         )
-        reference = ev.resample(spec)
-        return {"ode_error": float((ev.samples - reference).pow(2).mean().sqrt())}
+
+    def compute(self, ev: Evaluation) -> dict[str, float]:
+        reference = ev.resample(self.reference(ev.sigma_last, ev.sigma_first))
+        return {"ode_error": rms_distance(ev.samples, reference)}
 
 
 @metrics.register
@@ -133,6 +141,7 @@ class FID(Metric):
     """
 
     name: Literal["fid"] = "fid"
+    input_paths = ("inception", "reference")
     inception: str | None = None
     reference: str | None = None
     protocol: Literal["single", "paper"] = "single"

@@ -65,11 +65,10 @@ class Plan:
 
 def plan(denoiser: Denoiser, spec: SamplerSpec, class_labels: Tensor | None = None) -> Plan:
     """Clamp the σ range to the denoiser's, bind σ(t), and build t_i = σ⁻¹(round_sigma(σ_i))."""
-    default_min, default_max = spec.timesteps.default_range(spec.schedule)
+    asked_min, asked_max = spec.sigma_range()
     net_min, net_max = denoiser.sigma_range()
     ts = spec.timesteps
-    sigma_min = max(default_min if ts.sigma_min is None else ts.sigma_min, net_min)
-    sigma_max = min(default_max if ts.sigma_max is None else ts.sigma_max, net_max)
+    sigma_min, sigma_max = max(asked_min, net_min), min(asked_max, net_max)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"empty σ range [{sigma_min}, {sigma_max}] after clamping to the model's")
     schedule = spec.schedule.bind(sigma_min, sigma_max)
@@ -84,6 +83,7 @@ def plan(denoiser: Denoiser, spec: SamplerSpec, class_labels: Tensor | None = No
     return Plan(sigma_min, sigma_max, ode, t_steps)
 
 
+@torch.no_grad()
 def sample(
     denoiser: Denoiser,
     latents: Tensor,
@@ -91,7 +91,10 @@ def sample(
     class_labels: Tensor | None = None,
     randn_like: Callable[[Tensor], Tensor] = torch.randn_like,
 ) -> Tensor:
-    """Solve from x_0 = latents·σ(t_0)·s(t_0) to t_N = 0 in float64 (official ablation sampler)."""
+    """Solve from x_0 = latents·σ(t_0)·s(t_0) to t_N = 0 in float64 (official ablation sampler).
+
+    Runs without autograd: a network denoiser's graph would otherwise be kept for every call.
+    """
     p = plan(denoiser, spec, class_labels)
     t0 = p.t_steps[0]
     x = latents.to(torch.float64) * p.ode.sigma(t0) * p.ode.s(t0)

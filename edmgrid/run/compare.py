@@ -15,8 +15,12 @@ def load_runs(store: Store, space: str | None) -> Any:
     """The done rows, restricted to a space's jobs when ``space`` is given."""
     query = "SELECT * FROM runs WHERE status = 'done'"
     if space is not None:
-        if not (store.root / "spaces" / f"{space}.json").exists():
-            raise SpecError(f"no space named {space!r} in {store.root}")
+        recorded = store.space_path(space)
+        if not recorded.exists():
+            known = ", ".join(sorted(p.stem for p in recorded.parent.glob("*.json")))
+            raise SpecError(
+                f"no space named {space!r} in {store.root}; recorded: {known or 'none'}"
+            )
         query += f" AND job_id IN (SELECT job_id FROM space_jobs WHERE space = '{space}')"
     return store.query(query)
 

@@ -20,8 +20,20 @@ from typing import Any
 
 from edmgrid.errors import EdmgridError, SpecError
 
-#: Statement types ``edmgrid sql`` runs; everything else is a write and is refused.
-READ_STATEMENTS = {"SELECT", "EXPLAIN", "PRAGMA"}
+#: Statement types ``edmgrid sql`` runs (SELECT covers DESCRIBE, SHOW and SUMMARIZE);
+#: everything else may write (COPY, ATTACH, PRAGMA settings, EXPLAIN ANALYZE runs its query).
+READ_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+#: Space names become file names under ``spaces/``: no separators, no leading dot.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+NAME_RULE = "1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def check_space_name(name: str) -> str:
+    """``name`` if it is a valid space name, else a ValueError that states the rule."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"{name!r} is not a space name: use {NAME_RULE}")
+    return name
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -91,9 +103,17 @@ class Store:
         frame = pd.DataFrame([row])
         atomic_write(self.result_path(row["job_id"]), lambda tmp: frame.to_parquet(tmp))
 
+    def space_path(self, name: str) -> Path:
+        """Where a space's job list is recorded; names that could leave the store are refused."""
+        try:
+            check_space_name(name)
+        except ValueError as e:
+            raise SpecError(str(e), path="space") from None
+        return self.root / "spaces" / f"{name}.json"
+
     def record_space(self, name: str, source: str, job_ids: list[str]) -> None:
         body = json.dumps({"space": name, "source": source, "jobs": job_ids}, indent=1)
-        atomic_write(self.root / "spaces" / f"{name}.json", lambda tmp: tmp.write_text(body))
+        atomic_write(self.space_path(name), lambda tmp: tmp.write_text(body))
 
     def _views(self, temp: bool) -> list[str]:
         kind = "TEMP VIEW" if temp else "VIEW"
@@ -136,6 +156,8 @@ class Store:
                 raise SpecError(f"SQL error: {e}") from None
             for statement in statements:
                 kind = str(statement.type).rsplit(".", 1)[-1]
+                if kind == "EXPLAIN" and re.search(r"\bANALY[SZ]E\b", statement.query, re.I):
+                    kind = "EXPLAIN ANALYZE"
                 if kind not in READ_STATEMENTS:
                     raise SpecError(
                         f"edmgrid sql is read-only: {kind} statements are refused "

@@ -7,12 +7,16 @@ import json
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 
 from edmgrid.engine.data import DataSpec, datasets
 from edmgrid.engine.metrics import Metric, metrics
+from edmgrid.registry import Strict
 from edmgrid.spec.model import AnalyticModel, ModelSpec, models
 from edmgrid.spec.sampler import SamplerSpec
+
+#: Seeds of one job at most (FID uses 50,000; Table 2 averages three such sets).
+MAX_SEEDS = 1_000_000
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -25,6 +29,8 @@ def parse_seeds(text: str) -> list[int]:
         lo, hi = int(m[1]), int(m[2] or m[1])
         if hi < lo:
             raise ValueError(f"bad seed range {part!r}: end < start")
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise ValueError(f"more than {MAX_SEEDS} seeds; split the job's seeds")
         seeds.extend(range(lo, hi + 1))
     if len(set(seeds)) != len(seeds):
         raise ValueError("seeds repeat")
@@ -36,7 +42,12 @@ def _check_seeds(text: str) -> str:
     return text
 
 
-Seeds = Annotated[str, AfterValidator(_check_seeds)]
+def _seed_text(value: Any) -> Any:
+    """A single seed may be written as a YAML integer (``seeds: 7``)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Seeds = Annotated[str, BeforeValidator(_seed_text), AfterValidator(_check_seeds)]
 if TYPE_CHECKING:  # type checkers see the base class; pydantic validates the tagged union
     DataChoice = DataSpec
     ModelChoice = ModelSpec
@@ -47,10 +58,10 @@ else:
     MetricChoice = metrics.union()
 
 
-class JobSpec(BaseModel):
+class JobSpec(Strict):
     """Data, model, sampler, metrics and seeds of one evaluation job."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
 
     data: DataChoice
     model: ModelChoice = Field(default_factory=AnalyticModel)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from edmgrid.design.augment import Augment, NoAugment, augments
 from edmgrid.design.loss_weight import EDMWeight, LossWeight, loss_weights
 from edmgrid.design.networks import DDPMpp, Network, networks
 from edmgrid.design.p_train import EDMTrain, PTrain, p_trains
 from edmgrid.design.precond import EDMPrecond, Precond, preconds
-from edmgrid.registry import Choice, Registry
+from edmgrid.registry import Choice, Registry, Strict
 
 if TYPE_CHECKING:
     from edmgrid.engine.data import Dataset
@@ -63,6 +63,7 @@ class PickleModel(ModelSpec):
     """An official EDM network pickle's ``ema`` network (needs the NVlabs/edm code importable)."""
 
     kind: Literal["pickle"] = "pickle"
+    input_paths = ("path",)
     path: str = Field(min_length=1)
 
     def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
@@ -88,10 +89,10 @@ class EntrypointModel(ModelSpec):
         return network_denoiser(load_entrypoint(self.target, self.kwargs), dataset, self.target)
 
 
-class TrainingSpec(BaseModel):
+class TrainingSpec(Strict):
     """Optimisation hyper-parameters (EDM Table 7; official training_loop units: kimg)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     duration_kimg: float = Field(200_000, gt=0)
     batch_size: int = Field(512, ge=1)

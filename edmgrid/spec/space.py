@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from edmgrid.errors import SpecError
+from edmgrid.registry import Choice, Strict
+from edmgrid.run.store import check_space_name
 from edmgrid.spec.job import JobSpec
 from edmgrid.spec.presets import PRESETS
 
 #: Grids larger than this need an explicit confirmation (``--yes``).
 MAX_JOBS = 2000
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+#: Values a space file may hold once YAML aliases are expanded (a guard against alias bombs).
+MAX_VALUES = 100_000
+
+#: Keys that name a choice in a job config (the registries' discriminators).
+TAGS = ("name", "arch", "kind")
 
 
-class SpaceFile(BaseModel):
+class SpaceFile(Strict):
     """The top level of a space file."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Annotated[str, AfterValidator(check_space_name)]
     description: str = ""
     base: dict[str, Any]
     grid: dict[str, list[Any]] = Field(default_factory=dict)
@@ -56,27 +61,40 @@ def set_path(config: dict[str, Any], path: str, value: Any) -> None:
     node[leaf] = copy.deepcopy(value)
 
 
-def resolve_presets(node: Any, scope: str = "") -> Any:
-    """Replace ``preset: NAME`` (or a list of names) by the preset with the other keys over it."""
+def resolve_presets(node: Any, scope: str = "", where: str = "") -> Any:
+    """Replace ``preset: NAME`` (or a list of names) by the preset with the other keys over it.
+
+    ``scope`` is the key the node sits under (it picks the preset table), ``where`` its path.
+    """
     if isinstance(node, list):
-        return [resolve_presets(v, scope) for v in node]
+        return [resolve_presets(v, scope, f"{where}[{i}]") for i, v in enumerate(node)]
     if not isinstance(node, dict):
         return node
     out: dict[str, Any] = {}
     if "preset" in node:
         names = node["preset"] if isinstance(node["preset"], list) else [node["preset"]]
         table = PRESETS.get(scope)
+        here = f"{where}.preset" if where else "preset"
         for name in names:
             if table is None:
-                raise SpecError(f"presets are not available under '{scope or 'top level'}'")
-            if name not in table:
+                valid = ", ".join(PRESETS)
+                raise SpecError(
+                    f"presets are not available under '{scope or 'top level'}'; only under {valid}",
+                    path=here,
+                )
+            if not isinstance(name, str) or name not in table:
                 valid = ", ".join(table)
-                raise SpecError(f"unknown {scope} preset {name!r}; valid: {valid}", path=scope)
+                raise SpecError(f"unknown {scope} preset {name!r}; valid: {valid}", path=here)
             entry = table[name]
-            out = deep_merge(out, entry(node) if callable(entry) else copy.deepcopy(entry))
+            try:
+                out = deep_merge(out, entry(node) if callable(entry) else copy.deepcopy(entry))
+            except ValueError as e:  # a preset computed from its node's keys (Table 2's budget)
+                raise SpecError(f"{scope} preset {name!r}: {e}", path=here) from None
     rest = {k: v for k, v in node.items() if k != "preset"}
     merged = deep_merge(out, rest)
-    return {k: resolve_presets(v, k) for k, v in merged.items()}
+    return {
+        k: resolve_presets(v, k, f"{where}.{k}" if where else str(k)) for k, v in merged.items()
+    }
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -87,14 +105,17 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         same_choice = (
             isinstance(old, dict)
             and isinstance(value, dict)
-            and all(value.get(k, old.get(k)) == old.get(k) for k in ("name", "arch", "kind"))
+            and all(value.get(k, old.get(k)) == old.get(k) for k in TAGS)
         )
         out[key] = deep_merge(old, value) if same_choice else value  # type: ignore[arg-type]
     return out
 
 
-def expand(file: SpaceFile) -> list[dict[str, Any]]:
-    """The raw job configs of a space, in grid order (later keys vary fastest)."""
+def expand(file: SpaceFile, max_jobs: int | None = None) -> list[dict[str, Any]]:
+    """The raw job configs of a space, in grid order (later keys vary fastest).
+
+    The size of the product is checked against ``max_jobs`` before anything is built.
+    """
     factors: list[list[list[tuple[str, Any]]]] = []
     for path, values in file.grid.items():
         if not values:
@@ -110,6 +131,12 @@ def expand(file: SpaceFile) -> list[dict[str, Any]]:
         factors.append(
             [list(zip(group, row, strict=True)) for row in zip(*group.values(), strict=True)]
         )
+    count = math.prod(len(f) for f in factors)
+    if max_jobs is not None and count > max_jobs:
+        raise SpecError(
+            f"the grid expands to {count} jobs, over the limit of {max_jobs}; "
+            "pass --yes to run it anyway, or shrink grid and zip"
+        )
     configs = []
     for combo in itertools.product(*factors):
         config = copy.deepcopy(file.base)
@@ -121,18 +148,38 @@ def expand(file: SpaceFile) -> list[dict[str, Any]]:
 
 
 class _LineIndex:
-    """Line numbers of the keys of a YAML document, by dotted path."""
+    """Line numbers of the keys of a composed YAML document, by dotted path.
 
-    def __init__(self, text: str) -> None:
+    Walking the document also refuses duplicate keys (YAML would keep the last silently) and
+    documents whose aliases expand to more than MAX_VALUES values.
+    """
+
+    def __init__(self, root: yaml.Node | None, file: str) -> None:
         self.lines: dict[str, int] = {}
-        with contextlib.suppress(yaml.YAMLError):
-            self._walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+        self.file, self.budget = file, MAX_VALUES
+        if root is not None:
+            self._walk(root, "")
 
-    def _walk(self, node: Any, prefix: str) -> None:
+    def _walk(self, node: yaml.Node, prefix: str) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise SpecError(
+                f"the document holds over {MAX_VALUES} values once its aliases (*name) are "
+                "expanded; write the values out or use grid",
+                file=self.file,
+            )
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 path = f"{prefix}.{key.value}" if prefix else str(key.value)
-                self.lines[path] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                if path in self.lines:
+                    raise SpecError(
+                        f"duplicate key (first on line {self.lines[path]}); keep one",
+                        file=self.file,
+                        line=line,
+                        path=path,
+                    )
+                self.lines[path] = line
                 self._walk(value, path)
         elif isinstance(node, yaml.SequenceNode):
             for i, value in enumerate(node.value):
@@ -155,11 +202,7 @@ def error_path(error: Any, data: Any) -> str:
     parts: list[str] = []
     node = data
     for loc in error["loc"]:
-        if (
-            isinstance(node, dict)
-            and loc not in node
-            and any(node.get(k) == loc for k in ("name", "arch", "kind"))
-        ):
+        if isinstance(node, dict) and loc not in node and any(node.get(k) == loc for k in TAGS):
             continue  # a union tag, not a field
         parts.append(f"[{loc}]" if isinstance(loc, int) else str(loc))
         node = node[loc] if isinstance(node, dict | list) and _has(node, loc) else None
@@ -170,12 +213,32 @@ def _has(node: dict[str, Any] | list[Any], loc: Any) -> bool:
     return loc in node if isinstance(node, dict) else isinstance(loc, int) and loc < len(node)
 
 
+def explain(error: Any, data: Any) -> tuple[str, str]:
+    """The reason and dotted field path of a pydantic error, phrased to say the fix."""
+    where = error_path(error, data)
+    reason = error["msg"]
+    if error["type"] == "value_error":
+        reason = str(error["ctx"]["error"])
+    elif error["type"] == "unknown_key":
+        where = f"{where}.{error['ctx']['key']}" if where else error["ctx"]["key"]
+    elif error["type"] == "unknown_choice":
+        given = error["input"]
+        if isinstance(given, dict):
+            tags = [f"{k}: {given[k]!r}" for k in TAGS if k in given]
+            reason += f" (got {', '.join(tags) or 'none'})"
+        else:
+            reason += f" (got {given!r}, not a mapping)"
+    return reason, where
+
+
 def read_text(path: Path) -> str:
     """The file's text, or a SpecError that says why it cannot be read."""
     if not path.exists():
         raise SpecError("no such file", file=str(path))
     if path.is_dir():
         raise SpecError("is a directory, not a space file", file=str(path))
+    if not path.is_file():
+        raise SpecError("not a regular file (a pipe or device?); give a YAML file", file=str(path))
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -184,41 +247,70 @@ def read_text(path: Path) -> str:
         raise SpecError(f"cannot read: {e.strerror}", file=str(path)) from None
 
 
-def load_space(
-    path: str | Path, max_jobs: int | None = MAX_JOBS, overrides: dict[str, Any] | None = None
-) -> Space:
-    """Parse, expand and validate a space file; every problem is a SpecError naming the spot.
-
-    ``overrides`` maps dotted paths to values set in every job (``--data`` sets ``data.path``).
-    """
-    path = Path(path)
-    text = read_text(path)
+def parse_yaml(text: str, file: str) -> tuple[Any, _LineIndex]:
+    """The document (plain YAML only: tags that build Python objects are errors) and its lines."""
+    loader = yaml.SafeLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        root = loader.get_single_node()
+        lines = _LineIndex(root, file)
+        return (None if root is None else loader.construct_document(root)), lines
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        reason = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"invalid YAML: {reason}", file=str(path), line=line) from None
-    lines = _LineIndex(text)
+        context, problem = getattr(e, "context", None), getattr(e, "problem", None)
+        reason = ", ".join(filter(None, [context, problem])) or str(e).splitlines()[0]
+        if isinstance(e, yaml.constructor.ConstructorError) and "tag" in reason:
+            reason += "; a space holds plain mappings, lists, strings and numbers: drop the tag"
+        elif "'\\t'" in reason:
+            reason += "; indent with spaces, not tabs"
+        raise SpecError(f"invalid YAML: {reason}", file=file, line=line) from None
+    except RecursionError:
+        raise SpecError("invalid YAML: nested too deeply", file=file) from None
+    finally:
+        loader.dispose()
+
+
+def missing_inputs(node: BaseModel, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(field path, value) of every input file or folder a job names that does not exist."""
+    if isinstance(node, Choice):
+        for field in node.input_paths:
+            value = getattr(node, field)
+            if value is not None and not Path(value).expanduser().exists():
+                yield f"{prefix}{field}", value
+    for field in type(node).model_fields:
+        value = getattr(node, field)
+        for i, child in enumerate(value if isinstance(value, list) else [value]):
+            if isinstance(child, BaseModel):
+                where = f"{prefix}{field}[{i}]." if isinstance(value, list) else f"{prefix}{field}."
+                yield from missing_inputs(child, where)
+
+
+def load_space(
+    path: str | Path,
+    max_jobs: int | None = MAX_JOBS,
+    overrides: dict[str, Any] | None = None,
+    check_inputs: bool = False,
+) -> Space:
+    """Parse, expand and validate a space file; every problem is a SpecError naming the spot.
+
+    Grids over ``max_jobs`` jobs (None: no limit) are refused before they are expanded.
+    ``overrides`` maps dotted paths to values set in every job (``--data`` sets ``data.path``).
+    ``check_inputs``: the data sets, network pickles and weights the jobs name must exist.
+    """
+    path = Path(path)
+    raw, lines = parse_yaml(read_text(path), str(path))
     if not isinstance(raw, dict):
         raise SpecError("a space must be a mapping with name, base, grid", file=str(path))
     try:
         file = SpaceFile.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = error_path(err, raw)
-        raise SpecError(err["msg"], file=str(path), line=lines.find(where), path=where) from None
+        reason, where = explain(e.errors()[0], raw)
+        raise SpecError(reason, file=str(path), line=lines.find(where), path=where) from None
     try:
-        configs = expand(file)
+        configs = expand(file, max_jobs)
     except SpecError as e:
-        raise SpecError(e.reason, file=str(path), line=lines.find(e.path), path=e.path) from None
-    if max_jobs is not None and len(configs) > max_jobs:
-        raise SpecError(
-            f"the grid expands to {len(configs)} jobs, over the limit of {max_jobs}; "
-            "pass --yes to run it anyway",
-            file=str(path),
-        )
+        line = lines.find(e.path, *_sources(e.path, file)) if e.path else None
+        raise SpecError(e.reason, file=str(path), line=line, path=e.path) from None
     jobs: dict[str, JobSpec] = {}
     for i, config in enumerate(configs):
         for key, value in (overrides or {}).items():
@@ -226,25 +318,35 @@ def load_space(
         try:
             job = JobSpec.model_validate(config)
         except ValidationError as e:
-            err = e.errors()[0]
-            where = error_path(err, config)
+            reason, where = explain(e.errors()[0], config)
             line = lines.find(*_sources(where, file))
+            raise SpecError(f"{reason} (job {i})", file=str(path), line=line, path=where) from None
+        missing = next(missing_inputs(job), None) if check_inputs else None
+        if missing is not None:
+            where, value = missing
             raise SpecError(
-                f"{err['msg']} (job {i})", file=str(path), line=line, path=where
-            ) from None
+                f"{value!r} does not exist (relative paths start at {Path.cwd()}); fix the path"
+                + (" or pass --data PATH" if where == "data.path" else ""),
+                file=str(path),
+                line=lines.find(*_sources(where, file)),
+                path=where,
+            )
         jobs.setdefault(job.job_id, job)
     return Space(name=file.name, source=str(path), file=file, jobs=list(jobs.values()))
 
 
 def _sources(where: str, file: SpaceFile) -> list[str]:
     """Candidate YAML paths for a job field: the grid or zip key that sets it, else base."""
-    candidates = [
-        f"grid.{key}" for key in file.grid if where.startswith(key) or key.startswith(where)
-    ]
+    candidates = [f"grid.{key}" for key in file.grid if _related(key, where)]
     candidates += [
         f"zip[{i}].{key}"
         for i, group in enumerate(file.zip)
         for key in group
-        if where.startswith(key)
+        if _related(key, where)
     ]
     return [*candidates, f"base.{where}"]
+
+
+def _related(key: str, where: str) -> bool:
+    """Whether setting ``key`` can cause an error at ``where`` (one is a prefix of the other)."""
+    return where.startswith(key) or key.startswith(where)

@@ -59,7 +59,7 @@ def table2(family: str, config: str, budget: str = "paper") -> dict[str, Any]:
     if budget == "tiny":
         _tiny(model)
     elif budget != "paper":
-        raise KeyError(budget)
+        raise ValueError(f"unknown budget {budget!r}; valid: paper, tiny")
     return model
 
 

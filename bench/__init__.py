@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench [SECTION ...] [--tiny]`` (see ``bench/__main__.py``)."""
