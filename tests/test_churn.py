@@ -73,7 +73,8 @@ def cli(monkeypatch, *args: object) -> int:
 
 
 def said(capsys) -> str:
-    return " ".join(capsys.readouterr().out.split())
+    out, err = capsys.readouterr()
+    return " ".join((out + err).split())
 
 
 def study(results, name=None) -> optuna.Study:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -33,11 +32,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 
 from edmgrid.errors import EdmgridError, SpecError
 from edmgrid.run.jobs import run_job
-from edmgrid.run.store import Store
+from edmgrid.run.store import Store, check_space_name
 from edmgrid.spec.job import JobSpec
 from edmgrid.spec.model import TrainedModel
 from edmgrid.spec.presets import SOLVER
-from edmgrid.spec.space import NAME_PATTERN, Space
+from edmgrid.spec.space import Space
 
 #: Algorithm 2's churn parameters, in the order they are printed.
 PARAMS = ("S_churn", "S_min", "S_max", "S_noise")
@@ -345,8 +344,10 @@ def open_study(store: Store, name: str | None, settings: Settings | None) -> opt
     if name is None:
         assert settings is not None
         name = settings.default_name
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise SpecError(f"--study {name!r}: use letters, digits, '.', '_' and '-'")
+    try:
+        check_space_name(name)  # the study is recorded as a space of its name
+    except ValueError as e:
+        raise SpecError(str(e), path="--study") from None
     if name in optuna.get_all_study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
         stored = Settings.from_attrs(study.user_attrs)
@@ -529,7 +530,7 @@ class Driver:
     def record(self) -> None:
         """Record the study as a space of every job it evaluated (kept across runs)."""
         name = self.study.study_name
-        path = self.store.root / "spaces" / f"{name}.json"
+        path = self.store.space_path(name)
         known = set(json.loads(path.read_text())["jobs"]) if path.exists() else set()
         trials = self.study.get_trials(deepcopy=False)
         self.jobs |= {t.user_attrs["job_id"] for t in trials if "job_id" in t.user_attrs}
