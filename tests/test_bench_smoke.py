@@ -43,3 +43,11 @@ def test_unknown_section_is_an_error(capsys):
     with pytest.raises(SystemExit):
         main(["nope", "--tiny"])
     assert "unknown section" in capsys.readouterr().err
+
+
+def test_tiny_training_bench_reports_the_throughput_ratio(tmp_path: Path):
+    out = tmp_path / "RESULTS.md"
+    main(["training", "--tiny", "--out", str(out)])
+    text = out.read_text()
+    assert "bare PyTorch loop" in text and "≥ 0.95" in text
+    assert float(text.split("**")[1]) > 0

@@ -316,6 +316,7 @@ def test_ode_error_reference_is_within_2e_5_of_an_independent_dop853_solution(
         sigma_last=SIGMA_MIN,
         cache_dir=tmp_path,
         resample=lambda s: sample(digits, latents, s),
+        generate=lambda seeds: pytest.fail("not used"),
     )
     assert ODEError().compute(ev)["ode_error"] < 2e-5
 

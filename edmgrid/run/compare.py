@@ -64,7 +64,7 @@ def pivot(
     if not allow_mixed:
         check_comparable(frame, value)
     table = frame.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean")
-    if value != "nfe" and "nfe" in frame.columns and len(rows) == 1:
+    if "nfe" in frame.columns and "nfe" not in [value, *rows, *cols] and len(rows) == 1:
         nfe = frame.pivot_table(index=rows, columns=cols, values="nfe", aggfunc=["min", "max"])
         lo, hi = nfe["min"].min(), nfe["max"].max()
         if (lo == hi).all():
