@@ -10,7 +10,7 @@ import pytest
 from optuna.trial import TrialState
 
 from edmgrid.cli import main
-from edmgrid.errors import EdmgridError
+from edmgrid.errors import EdmgridError, SpecError
 from edmgrid.run import churn
 from edmgrid.run.churn import (
     ChurnSearch,
@@ -239,6 +239,18 @@ def test_bad_search_section_names_the_space_file(tmp_path, results, monkeypatch,
     path.write_text(SPACE + "search:\n  S_max: [50, 1]\n")
     assert cli(monkeypatch, "--space", path, "-r", results) == 2
     assert f"{path}: search.S_max: min 50 > max 1" in said(capsys)
+
+
+def test_a_multistep_solver_cannot_churn_and_is_refused(results):
+    config = {
+        "data": {"name": "digits"},
+        "sampler": {"solver": {"name": "dpmpp"}},
+        "metrics": [{"name": "fd_raw"}],
+    }
+    settings = Settings(JobSpec.model_validate(config), "fd_raw", 16)
+    with pytest.raises(SpecError, match="needs a stochastic solver: dpmpp is a deterministic"):
+        run_churn(Store(results), settings, Options())
+    assert not journal_path(Store(results)).exists()
 
 
 def test_resuming_a_named_study_with_other_settings_exits_2(space, results, monkeypatch):

@@ -174,6 +174,16 @@ def check_metric(metric: str) -> None:
         raise SpecError(f"unknown --metric {metric!r}; valid: {valid}")
 
 
+def check_churn(settings: Settings) -> None:
+    """The base job's solver must take churn (Euler, Heun; not the multistep solvers)."""
+    paper = SOLVER[paper_preset(settings.base)[0]]
+    try:
+        trial_job(settings.base, paper, settings.metric, "0")
+    except ValidationError as e:
+        reason = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise SpecError(f"optuna-churn needs a stochastic solver: {reason}") from None
+
+
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     """Optuna's sampler ``name`` seeded with ``seed``."""
     if name == "tpe":
@@ -603,6 +613,7 @@ def run_churn(
     if settings is not None:
         search = search_ranges(section, overrides, source)
         check_metric(settings.metric)
+        check_churn(settings)
         if settings.num_samples < 2:
             raise SpecError(f"--num-samples must be at least 2, not {settings.num_samples}")
     study = open_study(store, study_name, settings)
