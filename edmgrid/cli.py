@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +113,47 @@ def _use_pythonpath(folders: list[Path]) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([old] if old else [])])
 
 
+EXECUTOR = typer.Option(
+    "local", "--executor", "-x", help="Where jobs run: local (worker processes), serial, ray."
+)
+WORKERS = typer.Option(
+    None, "--workers", "-w", help="Local workers (default: one per GPU, else 1)."
+)
+DEVICES = typer.Option(None, "--devices", help="Local: only these GPU ids, e.g. 0,2.")
+GPUS = typer.Option(
+    None, "--gpus", help="Ray: GPUs to declare for a local Ray (logical on a CPU machine)."
+)
+ADDRESS = typer.Option(
+    None, "--address", help="Ray: join this cluster ('auto' finds a running one)."
+)
+
+
+def _executor(
+    name: str, workers: int | None, devices: str | None, gpus: int | None, address: str | None
+) -> Any:
+    """The executor of ``--executor`` and its options."""
+    from edmgrid.run.executors import make_executor
+
+    chosen = _split(devices) if devices is not None else None
+    return make_executor(name, workers=workers, devices=chosen, gpus=gpus, address=address)
+
+
 @app.command()
 def run(
     space: Path = typer.Argument(..., help="Space file (YAML)."),
     results: Path = RESULTS,
-    force: bool = typer.Option(False, "--force", help="Re-run jobs that already have results."),
+    force: bool = typer.Option(
+        False, "--force", help="Re-run evaluations that already have results (checkpoints stay)."
+    ),
     retry_failed: bool = typer.Option(
         True, "--retry-failed/--no-retry-failed", help="Re-run jobs whose last result is a failure."
     ),
+    executor: str = EXECUTOR,
+    workers: int | None = WORKERS,
+    devices: str | None = DEVICES,
+    gpus: int | None = GPUS,
+    address: str | None = ADDRESS,
+    train_gpus: int = typer.Option(1, "--train-gpus", help="Ray: GPUs per training job."),
     yes: bool = YES,
     data: Path | None = typer.Option(
         None, "--data", help="Path of the data set file or folder (sets data.path in every job)."
@@ -133,35 +167,83 @@ def run(
 ) -> None:
     """Expand SPACE into jobs, run the ones without a result, and store one row per job."""
     import os
+    import time
+
+    from edmgrid.run.store import Store, space_fingerprint
+
+    start = time.perf_counter()
+    if results.exists() and not results.is_dir():
+        raise SpecError("is not a directory; name a results directory", file=str(results))
+    store = Store(results)
+    overrides = {"data.path": str(data.expanduser().resolve())} if data is not None else None
+    try:
+        text: bytes | None = space.read_bytes() if space.is_file() else None
+    except OSError:
+        text = None  # load_space says why
+    fingerprint = (
+        space_fingerprint(text + json.dumps(overrides).encode()) if text is not None else None
+    )
+    if text is not None and fingerprint is not None and not force:
+        finished = _finished_jobs(text, store, fingerprint)
+        if finished is not None:
+            from edmgrid.run.summary import Summary
+
+            summary = Summary(counts=Counter(skipped=finished))
+            summary.wall = time.perf_counter() - start
+            _print_summary(summary)
+            return
 
     from edmgrid.engine.fid import ENV_VAR
     from edmgrid.run.runner import run_space
-    from edmgrid.run.store import Store
     from edmgrid.spec.space import MAX_JOBS, load_space
 
     _use_pythonpath(pythonpath)
     if inception is not None:
         os.environ[ENV_VAR] = str(inception.expanduser().resolve())
-    overrides = {"data.path": str(data.expanduser().resolve())} if data is not None else None
     loaded = load_space(
         space, max_jobs=None if yes else MAX_JOBS, overrides=overrides, check_inputs=True
     )
-    if results.exists() and not results.is_dir():
-        raise SpecError("is not a directory; name a results directory", file=str(results))
-    summary = run_space(loaded, Store(results), force=force, retry_failed=retry_failed)
+    chosen = _executor(executor, workers, devices, gpus, address)
+    summary = run_space(
+        loaded,
+        store,
+        executor=chosen,
+        force=force,
+        retry_failed=retry_failed,
+        train_gpus=train_gpus,
+        fingerprint=fingerprint,
+    )
+    summary.wall = time.perf_counter() - start
     _print_summary(summary)
     if not summary.ok:
         raise typer.Exit(1)
+
+
+def _finished_jobs(text: bytes, store: Any, fingerprint: str) -> int | None:
+    """The number of jobs of a space whose every job is done (as recorded), else None.
+
+    The fast path of a no-op re-run: it reads the space's name and the store, and imports
+    neither torch nor the space schemas.
+    """
+    import yaml
+
+    try:
+        name = yaml.safe_load(text)["name"]
+    except Exception:  # not a valid space: load_space reports it
+        return None
+    jobs = store.finished(str(name), fingerprint)
+    return None if jobs is None else len(jobs)
 
 
 def _print_summary(summary: Any) -> None:
     from rich.table import Table
 
     table = Table(title="edmgrid run")
-    for column in ("done", "skipped", "failed", "seconds"):
+    for column in ("done", "skipped", "failed", "job seconds", "wall"):
         table.add_column(column)
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items()) or "-"
-    table.add_row(*(str(summary.counts.get(k, 0)) for k in ("done", "skipped", "failed")), secs)
+    counts = (str(summary.counts.get(k, 0)) for k in ("done", "skipped", "failed"))
+    table.add_row(*counts, secs, f"{summary.wall:.1f}s")
     console = _console()
     console.print(table)
     for row in summary.failures:
@@ -317,12 +399,18 @@ def optuna_churn(
     s_min: tuple[float, float] | None = typer.Option(None, "--S_min", help=RANGE_HELP),
     s_max: tuple[float, float] | None = typer.Option(None, "--S_max", help=RANGE_HELP),
     s_noise: tuple[float, float] | None = typer.Option(None, "--S_noise", help=RANGE_HELP),
+    executor: str = EXECUTOR,
+    workers: int | None = WORKERS,
+    devices: str | None = DEVICES,
+    gpus: int | None = GPUS,
+    address: str | None = ADDRESS,
     results: Path = RESULTS,
 ) -> None:
     """Search the stochastic sampler's S_churn, S_min, S_max, S_noise with Optuna (EDM Table 5).
 
     Trial 0 is the paper's setting, trial 1 the deterministic sampler; rerunning continues the
-    study (results/optuna/journal.log); every trial is also a row of the store.
+    study (results/optuna/journal.log); every trial is also a row of the store. Trials run on
+    the executors of `run`, one per worker at a time, asked and told by this process.
     """
     from edmgrid.run.churn import Options, Settings, default_metric, pick_job, run_churn
     from edmgrid.run.store import Store
@@ -337,6 +425,7 @@ def optuna_churn(
         base = pick_job(store, loaded, job)
         settings = Settings(base, metric or default_metric(base), num_samples)
     options = Options(trials, sampler, seed, final_samples, top_k)
+    chosen = _executor(executor, workers, devices, gpus, address)
     console = _console()
     report = run_churn(
         store,
@@ -346,6 +435,7 @@ def optuna_churn(
         overrides=overrides,
         source=loaded.source if loaded else None,
         study_name=study,
+        executor=chosen,
         log=lambda line: console.print(line, highlight=False, soft_wrap=True),
     )
     _print_churn(report)

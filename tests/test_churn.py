@@ -10,8 +10,9 @@ import pytest
 from optuna.trial import TrialState
 
 from edmgrid.cli import main
+from edmgrid.engine.train import training_key
 from edmgrid.errors import EdmgridError, SpecError
-from edmgrid.run import churn
+from edmgrid.run import churn, jobs
 from edmgrid.run.churn import (
     ChurnSearch,
     Options,
@@ -24,6 +25,7 @@ from edmgrid.run.churn import (
     run_churn,
     trial_job,
 )
+from edmgrid.run.executors import Event
 from edmgrid.run.jobs import run_job
 from edmgrid.run.store import Store
 from edmgrid.spec.job import JobSpec
@@ -66,7 +68,9 @@ def space(tmp_path):
 
 
 def cli(monkeypatch, *args: object) -> int:
-    monkeypatch.setattr(sys, "argv", ["edmgrid", "optuna-churn", *map(str, args)])
+    """``edmgrid optuna-churn ARGS`` in this process (serial executor unless ARGS name one)."""
+    serial = [] if "-x" in args else ["-x", "serial"]
+    monkeypatch.setattr(sys, "argv", ["edmgrid", "optuna-churn", *serial, *map(str, args)])
     with pytest.raises(SystemExit) as exit_:
         main()
     return int(exit_.value.code or 0)
@@ -134,15 +138,14 @@ def test_rerun_with_more_trials_continues_the_study(space, results, monkeypatch)
 
 def test_interrupted_study_keeps_finished_trials_and_finishes_the_running_one(results, monkeypatch):
     calls = []
-    real = churn.run_job
 
-    def interrupt_third(*args, **kwargs):
-        calls.append(args[0])
+    def interrupt_third(task, *args, **kwargs):
+        calls.append(task.job)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return run_job(task, *args, **kwargs)
 
-    monkeypatch.setattr(churn, "run_job", interrupt_third)
+    monkeypatch.setattr(jobs, "run_job", interrupt_third)
     settings = Settings(base_job(), "fd_raw", 16)
     options = Options(trials=4, final_samples=0)
     with pytest.raises(KeyboardInterrupt):
@@ -160,33 +163,60 @@ def test_interrupted_study_keeps_finished_trials_and_finishes_the_running_one(re
 
 
 class LastInFirstOut:
-    """A two-slot pool whose later job finishes first (as on two workers)."""
+    """An executor of two workers whose later task finishes first."""
 
-    slots = 2
+    def open(self, root, emit) -> None:
+        self.store, self.emit, self.running, self.most = Store(root), emit, {}, 0
 
-    def __init__(self, store: Store) -> None:
-        self.store, self.running, self.most = store, [], 0
+    def free(self) -> list[int]:
+        return [w for w in (0, 1) if w not in self.running]
 
-    def submit(self, item) -> None:
-        self.running.append(item)
+    def submit(self, task, worker: int) -> None:
+        self.running[worker] = task
         self.most = max(self.most, len(self.running))
 
-    def next_row(self) -> dict:
-        item = self.running.pop()
-        return run_job(item.job, "lifo", self.store, extra=item.columns)
+    def poll(self, timeout: float) -> None:
+        worker = list(self.running)[-1]
+        task = self.running.pop(worker)
+        self.emit(Event(worker, task.name, "finished", row=run_job(task, self.store)))
+
+    def close(self, wait: bool = True) -> None:
+        assert not self.running
 
 
 def test_trials_fill_every_slot_and_are_told_as_they_finish(results):
-    store, told = Store(results), []
-    pool = LastInFirstOut(store)
+    store, told, executor = Store(results), [], LastInFirstOut()
     settings = Settings(base_job(), "fd_raw", 16)
-    run_churn(store, settings, Options(trials=5, final_samples=0), pool=pool, log=told.append)
-    assert pool.most == 2
+    options = Options(trials=5, final_samples=0)
+    run_churn(store, settings, options, executor=executor, log=told.append)
+    assert executor.most == 2
     assert [int(line.split()[1]) for line in told] == [1, 2, 3, 4, 0]
     s = study(results)
     assert [t.state for t in s.trials] == [TrialState.COMPLETE] * 5
     rows = store.query("SELECT trial, fd_raw FROM runs ORDER BY trial")
     assert rows["fd_raw"].tolist() == pytest.approx([t.value for t in s.trials])
+
+
+def test_two_local_workers_run_a_study_in_parallel(space, results, monkeypatch):
+    args = ["--space", space, "-r", results, "--trials", 4, "-x", "local", "-w", 2, *FAST]
+    assert cli(monkeypatch, *args) == 0
+    rows = Store(results).query("SELECT trial, fd_raw FROM runs ORDER BY trial")
+    assert rows["trial"].tolist() == [0, 1, 2, 3]
+    assert [t.value for t in study(results).trials] == pytest.approx(rows["fd_raw"].tolist())
+
+
+def test_a_trained_model_is_trained_once_as_a_task_before_the_trials(results):
+    model = {"preset": "vp-A", "budget": "tiny", "training": {"duration_kimg": 0.064}}
+    config = {"data": {"name": "digits"}, "model": model, "metrics": [{"name": "fd_raw"}]}
+    settings = Settings(JobSpec.model_validate(resolve_presets(config)), "fd_raw", 8)
+    told: list[str] = []
+    report = run_churn(
+        Store(results), settings, Options(trials=2, final_samples=0), log=told.append
+    )
+    key = training_key(settings.base)
+    assert told[0] == f"training the model once (checkpoint {key})" and len(told) == 3
+    assert Store(results).training_row(key)["space"] == report.study
+    assert {c.nfe for c in report.candidates} == {35.0}
 
 
 def test_final_stage_reevaluates_top_k_and_both_references_on_fresh_seeds(results):

@@ -17,7 +17,7 @@ from edmgrid.cli import app
 from edmgrid.engine.evaluate import draw_samples
 from edmgrid.engine.fid import quantize
 from edmgrid.errors import SpecError
-from edmgrid.run.jobs import flatten, run_job
+from edmgrid.run.jobs import Task, flatten, run_job
 from edmgrid.run.plots import _lines, plot_results, table2_columns
 from edmgrid.run.store import Store
 from edmgrid.spec.job import JobSpec
@@ -119,7 +119,7 @@ def _digits_job(tmp_path: Path, **over: Any) -> tuple[Store, JobSpec]:
         **over,
     }
     store, job = Store(tmp_path / "r"), JobSpec.model_validate(config)
-    assert run_job(job, "t", store)["status"] == "done"
+    assert run_job(Task.evaluation(job, "t"), store)["status"] == "done"
     return store, job
 
 

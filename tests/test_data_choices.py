@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from edmgrid.errors import DataError, SpecError
-from edmgrid.run.jobs import run_job
+from edmgrid.run.jobs import Task, run_job
 from edmgrid.run.store import Store
 from edmgrid.spec.job import JobSpec
 from edmgrid.spec.space import load_space
@@ -126,10 +126,10 @@ def test_job_on_npz_data_runs_and_a_missing_file_fails_the_job_with_the_path(
         "metrics": [{"name": "fd_raw"}],
         "seeds": "0-7",
     }
-    row = run_job(JobSpec.model_validate(config), "t", store)
+    row = run_job(Task.evaluation(JobSpec.model_validate(config), "t"), store)
     assert row["status"] == "done" and row["fd_raw"] >= 0 and row["data_path"] == str(path)
     config["data"] = {"name": "cifar10", "path": str(tmp_path / "nowhere")}
-    row = run_job(JobSpec.model_validate(config), "t", store)
+    row = run_job(Task.evaluation(JobSpec.model_validate(config), "t"), store)
     assert row["status"] == "failed" and row["error_type"] == "DataError"
     assert "CIFAR-10 not found at" in row["error"] and "nowhere" in row["error"]
     assert "cifar-10-python.tar.gz" in row["error"]

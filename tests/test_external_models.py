@@ -18,7 +18,7 @@ from edmgrid.engine.denoiser import Denoiser
 from edmgrid.engine.evaluate import draw_samples, sample_seeds
 from edmgrid.engine.models import _unpickle_ema, load_network_pickle
 from edmgrid.errors import DataError
-from edmgrid.run.jobs import run_job
+from edmgrid.run.jobs import Task, run_job
 from edmgrid.run.store import Store
 from edmgrid.spec.job import JobSpec
 
@@ -134,7 +134,7 @@ def test_pickle_ema_samples_like_the_same_denoiser_in_float64(
     net = load_network_pickle(str(tmp_path / "network-snapshot.pkl"))
     dtype, sigma_shape, labels, grad = net.calls[-1]
     assert dtype == torch.float32 and sigma_shape == (6,) and labels is None and not grad
-    row = run_job(job, "t", Store(tmp_path / "r"))
+    row = run_job(Task.evaluation(job, "t"), Store(tmp_path / "r"))
     assert row["status"] == "done" and row["model"] == "pickle" and row["nfe"] == 11
 
 
@@ -142,7 +142,9 @@ def test_pickle_sigma_range_and_round_sigma_bind_the_sampler(
     checkout: Path, tmp_path: Path
 ) -> None:
     path = _pickle(tmp_path, sigma_min=0.05, sigma_max=10.0, grid=0.01)
-    row = run_job(_job({"kind": "pickle", "path": str(path)}), "t", Store(tmp_path / "r"))
+    row = run_job(
+        Task.evaluation(_job({"kind": "pickle", "path": str(path)}), "t"), Store(tmp_path / "r")
+    )
     assert row["status"] == "done", row["error"]
     assert row["sigma_max_used"] == pytest.approx(10.0) and row["sigma_min_used"] == 0.05
 
@@ -167,7 +169,9 @@ def test_pickle_without_the_official_modules_says_what_is_missing(
 ) -> None:
     path = _pickle(tmp_path)
     _hide(checkout, monkeypatch)
-    row = run_job(_job({"kind": "pickle", "path": str(path)}), "t", Store(tmp_path / "r"))
+    row = run_job(
+        Task.evaluation(_job({"kind": "pickle", "path": str(path)}), "t"), Store(tmp_path / "r")
+    )
     assert row["status"] == "failed" and row["error_type"] == "DataError"
     for needle in ("needs the Python module 'training'", "--pythonpath", "PYTHONPATH",
                    "NVlabs/edm", "torch_utils"):  # fmt: skip

@@ -29,7 +29,7 @@ from edmgrid.engine.fid import (
 from edmgrid.engine.metrics import FID, _extractor
 from edmgrid.errors import SpecError
 from edmgrid.run.compare import pivot
-from edmgrid.run.jobs import run_job
+from edmgrid.run.jobs import Task, run_job
 from edmgrid.run.store import Store
 from edmgrid.spec.job import JobSpec
 
@@ -122,7 +122,9 @@ def test_run_without_weights_fails_the_job_at_once_saying_what_to_provide(
 
 
 def test_missing_weights_file_in_the_space_is_named(tmp_path: Path) -> None:
-    row = run_job(_job({"inception": str(tmp_path / "absent.pth")}), "t", Store(tmp_path))
+    row = run_job(
+        Task.evaluation(_job({"inception": str(tmp_path / "absent.pth")}), "t"), Store(tmp_path)
+    )
     assert row["status"] == "failed"
     assert f"Inception weights not found at {tmp_path / 'absent.pth'}" in row["error"]
 
@@ -131,7 +133,7 @@ def test_fid_job_with_a_torchscript_detector_records_extractor_reference_n_and_s
     weights: Path, tmp_path: Path
 ) -> None:
     store = Store(tmp_path)
-    row = run_job(_job({"inception": str(weights)}), "t", store)
+    row = run_job(Task.evaluation(_job({"inception": str(weights)}), "t"), store)
     assert row["status"] == "done", row["error"]
     assert row["fid"] > 0 and row["fid_runs"] == [row["fid"]]
     assert row["fid_n"] == 8 and row["fid_seeds"] == ["0-7"]
@@ -147,7 +149,7 @@ def test_fid_job_with_a_torchscript_detector_records_extractor_reference_n_and_s
 
 def test_reference_is_every_data_image_or_a_given_npz(small: Path, tmp_path: Path) -> None:
     store = Store(tmp_path)
-    row = run_job(_job({"inception": str(small)}), "t", store)
+    row = run_job(Task.evaluation(_job({"inception": str(small)}), "t"), store)
     assert row["status"] == "done", row["error"]
     images = quantize(_job({}).data.load().x)
     assert len(images) == 1797
@@ -155,7 +157,7 @@ def test_reference_is_every_data_image_or_a_given_npz(small: Path, tmp_path: Pat
     mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma)
     given = _job({"inception": str(small), "reference": str(tmp_path / "ref.npz")})
-    again = run_job(given, "t", store)
+    again = run_job(Task.evaluation(given, "t"), store)
     assert again["fid"] == pytest.approx(row["fid"], rel=1e-6)
     assert again["fid_reference_hash"] == statistics_hash(mu, sigma)
     assert again["fid_extractor"] == "small-test-extractor"
@@ -165,7 +167,7 @@ def test_env_var_gives_the_weights_when_the_space_has_none(
     small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(ENV_VAR, str(small))
-    row = run_job(_job({}), "t", Store(tmp_path))
+    row = run_job(Task.evaluation(_job({}), "t"), Store(tmp_path))
     assert row["status"] == "done" and row["fid_extractor"] == "small-test-extractor"
 
 
@@ -173,19 +175,21 @@ def test_paper_protocol_takes_three_seed_ranges_and_reports_the_minimum(
     small: Path, tmp_path: Path
 ) -> None:
     store = Store(tmp_path)
-    paper = run_job(_job({"inception": str(small), "protocol": "paper"}), "t", store)
+    paper = run_job(
+        Task.evaluation(_job({"inception": str(small), "protocol": "paper"}), "t"), store
+    )
     assert paper["status"] == "done", paper["error"]
     assert paper["fid_seeds"] == ["0-7", "8-15", "16-23"] and paper["fid_n"] == 8
     runs = paper["fid_runs"]
     assert len(runs) == 3 and paper["fid"] == min(runs) and len(set(runs)) == 3
     for seeds, want in zip(("0-7", "8-15", "16-23"), runs, strict=True):
-        single = run_job(_job({"inception": str(small)}, seeds=seeds), "t", store)
+        single = run_job(Task.evaluation(_job({"inception": str(small)}, seeds=seeds), "t"), store)
         assert single["fid"] == pytest.approx(want, rel=1e-9)
 
 
 def test_paper_protocol_needs_a_contiguous_seed_range(small: Path, tmp_path: Path) -> None:
     job = _job({"inception": str(small), "protocol": "paper"}, seeds="0-3,10-13")
-    row = run_job(job, "t", Store(tmp_path))
+    row = run_job(Task.evaluation(job, "t"), Store(tmp_path))
     assert row["status"] == "failed" and "one contiguous seed range" in row["error"]
     assert "nfe" not in row  # failed before sampling
 
@@ -197,7 +201,7 @@ def test_fid_of_points_and_wrong_reference_dimension_are_clear_errors(
         FID(inception=str(small)).check(_job({}, data={"name": "toy2d"}))
     np.savez(tmp_path / "big.npz", mu=np.zeros(64), sigma=np.eye(64))
     job = _job({"inception": str(small), "reference": str(tmp_path / "big.npz")})
-    row = run_job(job, "t", Store(tmp_path))
+    row = run_job(Task.evaluation(job, "t"), Store(tmp_path))
     assert row["status"] == "failed"
     assert "reference statistics have 64 dimensions but the detector gives 16" in row["error"]
 

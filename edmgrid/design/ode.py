@@ -40,10 +40,11 @@ class ProbabilityFlow:
         return self.schedule.sigma_inv(self.round_sigma(sigma))
 
     def derivative(self, x: Tensor, t: Tensor) -> Tensor:
-        """dx/dt at a scalar (0-d) time t; the coefficients are Python floats."""
-        sigma_t, dsigma_t = self.schedule.sigma(t), self.schedule.sigma_deriv(t)
-        sigma, dsigma = float(sigma_t), float(dsigma_t)
-        s = float(self.scaling.s(sigma_t, self.b))
-        ds = float(self.scaling.s_deriv(sigma_t, dsigma_t, self.b))
-        denoised = self.denoise(x if s == 1 else x / s, sigma_t)
-        return (x * (dsigma / sigma + ds / s)).sub_(denoised, alpha=dsigma * s / sigma)
+        """dx/dt at a scalar (0-d) time t; the coefficients are computed as 0-d tensors (so an
+        overflow gives inf/nan, reported as non-finite samples) and applied as Python floats."""
+        sigma, dsigma = self.schedule.sigma(t), self.schedule.sigma_deriv(t)
+        s = self.scaling.s(sigma, self.b)
+        ds = self.scaling.s_deriv(sigma, dsigma, self.b)
+        denoised = self.denoise(x if float(s) == 1 else x / s, sigma)
+        scale, weight = float(dsigma / sigma + ds / s), float(dsigma * s / sigma)
+        return (x * scale).sub_(denoised, alpha=weight)

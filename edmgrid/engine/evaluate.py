@@ -15,6 +15,7 @@ from edmgrid.engine.denoiser import Denoiser, label_dim
 from edmgrid.engine.metrics import Evaluation
 from edmgrid.engine.sample import CountingDenoiser, SeedRNG, plan, sample
 from edmgrid.errors import JobError
+from edmgrid.run.store import atomic_write, file_lock
 from edmgrid.spec.job import JobSpec, content_hash
 from edmgrid.spec.sampler import SamplerSpec
 
@@ -27,6 +28,28 @@ Progress = Callable[[int, int], None]
 def build_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
     """The job's denoiser, built by its model spec."""
     return job.model.build(job, dataset, cache_dir)
+
+
+def model_key(job: JobSpec) -> str:
+    """Jobs with one model key sample from the same denoiser (data and model config)."""
+    return content_hash(job.model_dump(mode="json", include={"data", "model"}))
+
+
+#: The denoiser last built in this process, by (model key, cache dir).
+_LOADED: dict[tuple[str, Path], Denoiser] = {}
+
+
+def load_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+    """``build_denoiser``, remembering the last model built in this process.
+
+    Workers get the jobs of one model in a row (``run.runner.pick``), so each loads a
+    checkpoint once however many evaluations use it.
+    """
+    key = (model_key(job), cache_dir)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = build_denoiser(job, dataset, cache_dir)
+    return _LOADED[key]
 
 
 def sample_seeds(
@@ -57,15 +80,17 @@ def sample_seeds(
 
 
 def cached_samples(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tensor]) -> Tensor:
-    """Samples cached on disk by the content hash of ``key`` (reference solutions)."""
+    """Samples cached on disk by the content hash of ``key`` (reference solutions).
+
+    Computed once under a file lock: concurrent workers that need the same samples wait for
+    the first one instead of repeating its work.
+    """
     path = cache_dir / "samples" / f"{content_hash(key)}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    x = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{id(x)}")
-    torch.save(x, tmp)
-    tmp.replace(path)
+    with file_lock(path.with_name(f"{path.name}.lock")):
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        x = make()
+        atomic_write(path, lambda tmp: torch.save(x, tmp))
     return x
 
 
@@ -75,7 +100,7 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
     for metric in job.metrics:
         metric.check(job)
     dataset = job.data.load()
-    denoiser = build_denoiser(job, dataset, cache_dir)
+    denoiser = load_denoiser(job, dataset, cache_dir)
     counter = CountingDenoiser(denoiser)
     seeds = job.seed_list
     samples = sample_seeds(counter, job.sampler, seeds, dataset.sample_shape, progress)

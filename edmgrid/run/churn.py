@@ -30,8 +30,10 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from edmgrid.errors import EdmgridError, SpecError
-from edmgrid.run.jobs import run_job
+from edmgrid.errors import EdmgridError, JobError, SpecError
+from edmgrid.run.claims import active_run
+from edmgrid.run.executors import Event, Executor, SerialExecutor
+from edmgrid.run.jobs import EngineTrainer, Task
 from edmgrid.run.store import Store, check_space_name
 from edmgrid.spec.job import JobSpec
 from edmgrid.spec.model import TrainedModel
@@ -47,6 +49,8 @@ SAMPLERS = ("tpe", "random", "gp", "cmaes")
 #: Metrics of the sample distribution; ``ode_error`` measures the distance to the ODE solution,
 #: which churn can only increase, so it is not an objective.
 NOT_OBJECTIVES = ("ode_error",)
+
+Log = Callable[[str], None]
 
 
 class ChurnSearch(BaseModel):
@@ -216,36 +220,56 @@ class TrialJob:
     def key(self) -> tuple[int, str]:
         return self.columns["trial"], self.columns["stage"]
 
+    def task(self) -> Task:
+        return Task.evaluation(self.job, self.columns["study"], extra=self.columns)
+
 
 class Pool(Protocol):
-    """The seam to the executors: where trial jobs run, ``slots`` at a time."""
+    """Where the driver's tasks run, ``slots`` at a time."""
 
     slots: int
 
-    def submit(self, item: TrialJob) -> None:
-        """Start ``item`` (the driver never has more than ``slots`` in flight)."""
+    def submit(self, task: Task) -> None:
+        """Start ``task`` (the driver never has more than ``slots`` in flight)."""
         ...
 
     def next_row(self) -> dict[str, Any]:
-        """Wait for a submitted job to finish; its row (carrying ``item.columns``)."""
+        """Wait for a submitted task to finish; its row (with the task's ``extra`` columns)."""
         ...
 
 
-class InProcess:
-    """``run_job`` in this process, one job at a time."""
+class ExecutorPool:
+    """The tasks on an executor of ``edmgrid run`` (serial, local workers, Ray): one slot per
+    worker. A context manager: it opens the executor, and closes it (at once on an error)."""
 
-    slots = 1
+    def __init__(self, executor: Executor, root: Path) -> None:
+        self.executor, self.root = executor, root
+        self.tasks: dict[int, Task] = {}  # by worker
+        self.rows: deque[dict[str, Any]] = deque()
+        self.slots = 0
 
-    def __init__(self, store: Store, space: str) -> None:
-        self.store, self.space = store, space
-        self.queue: deque[TrialJob] = deque()
+    def __enter__(self) -> ExecutorPool:
+        self.executor.open(self.root.resolve(), self.on_event)
+        self.slots = len(self.executor.free())
+        return self
 
-    def submit(self, item: TrialJob) -> None:
-        self.queue.append(item)
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        self.executor.close(wait=kind is None)
+
+    def submit(self, task: Task) -> None:
+        worker = self.executor.free()[0]
+        self.tasks[worker] = task
+        self.executor.submit(task, worker)
 
     def next_row(self) -> dict[str, Any]:
-        item = self.queue.popleft()
-        return run_job(item.job, self.space, self.store, extra=item.columns)
+        while not self.rows:
+            self.executor.poll(0.1)
+        return self.rows.popleft()
+
+    def on_event(self, event: Event) -> None:
+        if event.kind == "finished" and event.worker in self.tasks:
+            assert event.row is not None
+            self.rows.append({**event.row, **self.tasks.pop(event.worker).extra})
 
 
 @dataclass(frozen=True)
@@ -410,7 +434,7 @@ class Driver:
         study: optuna.Study,
         search: ChurnSearch,
         pool: Pool,
-        log: Callable[[str], None],
+        log: Log,
     ) -> None:
         self.store, self.study, self.pool, self.log = store, study, pool, log
         self.settings = Settings.from_attrs(study.user_attrs)
@@ -444,7 +468,7 @@ class Driver:
                 if row is not None and row["status"] == "done":
                     done(item, row)
                 else:
-                    self.pool.submit(item)
+                    self.pool.submit(item.task())
                     self.in_flight[item.key] = item
             if not self.in_flight:
                 return
@@ -548,14 +572,17 @@ class Driver:
         self.store.record_space(name, str(journal_path(self.store)), jobs)
 
 
-def prepare(settings: Settings, store: Store, log: Callable[[str], None]) -> None:
+def prepare(settings: Settings, name: str, store: Store, pool: Pool, log: Log) -> None:
     """Train the base job's model once (checkpoint cache), before any trial needs it."""
-    from edmgrid.engine.train import checkpoint_path, train, training_key
-
-    key = training_key(settings.base)
-    if key is not None and not checkpoint_path(store.cache, key).exists():
-        log(f"training the model once (checkpoint {key})")
-        train(settings.base, store.cache)
+    trainer = EngineTrainer()
+    key = trainer.key(settings.base)
+    if key is None or trainer.checkpoint(store.cache, key).exists():
+        return
+    log(f"training the model once (checkpoint {key})")
+    pool.submit(Task("train", key, settings.base, name, trainer=trainer))
+    row = pool.next_row()
+    if row["status"] != "done":
+        raise JobError(f"training {key} failed: {row['error']}")
 
 
 def plot(study: optuna.Study, metric: str, directory: Path) -> tuple[list[Path], list[str]]:
@@ -599,14 +626,14 @@ def run_churn(
     overrides: Mapping[str, tuple[float, float]] | None = None,
     source: str | None = None,
     study_name: str | None = None,
-    pool: Pool | None = None,
-    log: Callable[[str], None] = print,
+    executor: Executor | None = None,
+    log: Log = print,
 ) -> Report:
     """Search (or continue searching) the churn of ``settings``' job; see the module docstring.
 
     Ranges: ``section`` (a space's ``search:``, from file ``source``) with ``overrides`` over it.
     ``settings`` None continues the existing study ``study_name`` with its last ranges.
-    ``pool`` (default: in this process) runs the trials, as many at a time as it has slots.
+    ``executor`` (default: serial, in this process) runs the trials, one per worker at a time.
     """
     options.check()
     overrides = dict(overrides or {})
@@ -620,27 +647,29 @@ def run_churn(
     if settings is None:
         search = search_ranges(study.user_attrs.get("search"), overrides)
     name = study.study_name
-    with driver_lock(store.root / "optuna" / name / "driver.lock"):
+    lock = driver_lock(store.root / "optuna" / name / "driver.lock")
+    pool = ExecutorPool(executor or SerialExecutor(), store.root)
+    with active_run(store.root), lock, pool:
         study.set_user_attr("search", search.model_dump())
         settings = Settings.from_attrs(study.user_attrs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # a resumed study must not replay the sampler's first draws
             study.sampler = make_sampler(options.sampler, options.seed + len(study.trials))
-        prepare(settings, store, log)
-        driver = Driver(store, study, search, pool or InProcess(store, name), log)
+        prepare(settings, name, store, pool, log)
+        driver = Driver(store, study, search, pool, log)
         driver.search(options.trials)
         candidates = driver.candidates(options.top_k, options.final_samples)
         if options.final_samples > 0 and candidates:
             driver.final(candidates, options.final_samples)
-        plots, notes = plot(study, settings.metric, store.root / "optuna" / name)
-        steps = settings.base.sampler.timesteps.num_steps
-        if search.S_churn[1] > steps * (math.sqrt(2) - 1):
-            notes.append(
-                f"γ = min(S_churn/N, √2−1) saturates at S_churn = {steps * (math.sqrt(2) - 1):.3g}"
-                f" for N = {steps} steps: larger S_churn values sample alike"
-            )
-        store.refresh_db()
+    plots, notes = plot(study, settings.metric, store.root / "optuna" / name)
+    store.refresh_db()
+    steps = settings.base.sampler.timesteps.num_steps
+    if search.S_churn[1] > steps * (math.sqrt(2) - 1):
+        notes.append(
+            f"γ = min(S_churn/N, √2−1) saturates at S_churn = {steps * (math.sqrt(2) - 1):.3g}"
+            f" for N = {steps} steps: larger S_churn values sample alike"
+        )
     trials = study.get_trials(deepcopy=False)
     paper, reason = paper_preset(settings.base)
     return Report(

@@ -1,4 +1,5 @@
-"""Executing one job into one result row (every executor calls this in its worker)."""
+"""Executing one task (a training or an evaluation) into one result row; every executor
+calls ``run_job`` in its worker."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import platform
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from edmgrid import __version__
 from edmgrid.errors import EdmgridError
@@ -18,6 +21,9 @@ from edmgrid.spec.job import JobSpec
 DISCRIMINATORS = ("name", "arch", "kind")
 #: Labels that keep their own name as a column (``family``/``config`` of a Table 2 preset).
 LABELS = ("family", "config", "budget")
+
+#: ``progress(done, total)``: a job's own steps (training images or samples).
+Progress = Callable[[int, int], None]
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -59,44 +65,143 @@ def device_name() -> str:
     return "cpu"
 
 
-def run_job(
-    job: JobSpec,
-    space: str,
-    store: Store,
-    progress: Callable[[int, int], None] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``job`` and write its result row; a failure becomes a failed row, not a crash.
+class Trainer(Protocol):
+    """Where trained checkpoints come from (``edmgrid.engine.train``; tests pass a fake)."""
 
-    ``extra`` columns are added to the row (``optuna-churn``'s ``study``, ``trial``, ``stage``).
-    """
-    from edmgrid.engine.evaluate import evaluate
+    def key(self, job: JobSpec) -> str | None:
+        """Content hash of the job's training config; None when its model needs no training."""
+        ...
 
-    config = job.resolved()
-    row: dict[str, Any] = {"job_id": job.job_id, "space": space, "kind": "evaluate"}
-    row.update(flatten(config))
-    row.update(extra or {})
-    start = time.perf_counter()
+    def checkpoint(self, cache_dir: Path, key: str) -> Path:
+        """Where the checkpoint of training ``key`` lives; it exists once training is done."""
+        ...
+
+    def train(self, job: JobSpec, cache_dir: Path, progress: Progress | None) -> dict[str, Any]:
+        """Train the job's model (writing its checkpoint atomically); returns row columns."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineTrainer:
+    """The real trainer: ``edmgrid.engine.train``, imported only for models that train."""
+
+    def key(self, job: JobSpec) -> str | None:
+        if job.model.kind != "trained":
+            return None
+        from edmgrid.engine.train import training_key
+
+        return training_key(job)
+
+    def checkpoint(self, cache_dir: Path, key: str) -> Path:
+        from edmgrid.engine.train import checkpoint_path
+
+        return checkpoint_path(cache_dir, key)
+
+    def train(self, job: JobSpec, cache_dir: Path, progress: Progress | None) -> dict[str, Any]:
+        from edmgrid.engine.train import train
+
+        return train(job, cache_dir, progress)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A node of the job graph: one training (``key``: its training key) or one evaluation
+    (``key``: the job id) that needs the training ``training_key`` first, if any."""
+
+    kind: Literal["train", "evaluate"]
+    key: str
+    job: JobSpec
+    space: str
+    training_key: str | None = None
+    trainer: Trainer = field(default_factory=EngineTrainer)
+    gpus: int = 1
+    #: Columns added to an evaluation's row (``optuna-churn``'s ``study``, ``trial``, ``stage``).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def evaluation(
+        cls,
+        job: JobSpec,
+        space: str,
+        trainer: Trainer | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Task:
+        """The evaluation task of ``job`` (and the training it needs, by key)."""
+        trainer = trainer or EngineTrainer()
+        return cls("evaluate", job.job_id, job, space, trainer.key(job), trainer, extra=extra or {})
+
+    @property
+    def name(self) -> str:
+        """Unique among trainings and evaluations: names its claim and its traceback file."""
+        return f"train-{self.key}" if self.kind == "train" else self.key
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.key[:8]}"
+
+
+def run_job(task: Task, store: Store, progress: Progress | None = None) -> dict[str, Any]:
+    """Run a training or an evaluation and write its row; a failure becomes a failed row."""
+    row = _row(task)
+    start, started_at = time.perf_counter(), datetime.now(UTC)
     try:
-        row.update(evaluate(job, store.cache, progress))
+        if task.kind == "train":
+            row.update(task.trainer.train(task.job, store.cache, progress))
+        else:
+            from edmgrid.engine.evaluate import evaluate
+
+            row.update(evaluate(task.job, store.cache, progress))
         row.update(status="done", error=None, error_type=None, traceback_path=None)
     except Exception as e:  # one job's failure must not stop the grid
-        log = store.logs / f"{job.job_id}.txt"
+        log = store.logs / f"{task.name}.txt"
         text = traceback.format_exc()
         atomic_write(log, lambda tmp: tmp.write_text(text))
         message = str(e) if isinstance(e, EdmgridError) else f"{type(e).__name__}: {e}"
         row.update(
             status="failed", error=message, error_type=type(e).__name__, traceback_path=str(log)
         )
+    row.update(seconds=time.perf_counter() - start, started_at=started_at)
+    return _write(task, store, row)
+
+
+def record_failed(
+    task: Task, store: Store, error: str, error_type: str, traceback_path: str | None
+) -> dict[str, Any]:
+    """Write the failed row of a task that could not run (its training failed, its worker died)."""
+    row = _row(task)
     row.update(
-        seconds=time.perf_counter() - start,
+        status="failed",
+        error=error,
+        error_type=error_type,
+        traceback_path=traceback_path,
+        seconds=0.0,
+        started_at=datetime.now(UTC),
+    )
+    return _write(task, store, row)
+
+
+def _row(task: Task) -> dict[str, Any]:
+    config = task.job.resolved()
+    if task.kind == "train":
+        config = {"data": config["data"], "model": config["model"]}
+        row: dict[str, Any] = {"training_key": task.key, "space": task.space, "kind": "train"}
+    else:
+        row = {"job_id": task.key, "space": task.space, "kind": "evaluate"}
+        row["training_key"] = task.training_key
+    row.update(flatten(config))
+    row.update(task.extra)
+    row["config_json"] = _json(config)
+    return row
+
+
+def _write(task: Task, store: Store, row: dict[str, Any]) -> dict[str, Any]:
+    row.update(
         device=device_name(),
         host=platform.node(),
         edmgrid_version=__version__,
         created_at=datetime.now(UTC),
-        config_json=_json(config),
     )
-    store.write(row)
+    (store.write_training if task.kind == "train" else store.write)(row)
     return row
 
 

@@ -2,19 +2,28 @@
 
 Layout under the results directory::
 
-    runs/<job_id>.parquet      one row per job (done or failed); replaced atomically on retry
+    runs/<job_id>.parquet      one row per evaluation job (done or failed); replaced on retry
+    train/<key>.parquet        one row per training (keyed by the training config's hash)
     spaces/<space>.json        which jobs a space expanded to
-    logs/<job_id>.txt          the traceback of a failed job
+    logs/<id>.txt              the traceback of a failed job or training
+    claims/<id>.claim          which run is executing a job right now (see run/claims.py)
     cache/                     checkpoints, reference solutions, statistics
-    edmgrid.duckdb             views ``runs`` and ``space_jobs`` (read it with duckdb)
+    edmgrid.duckdb             views ``runs``, ``trainings`` and ``space_jobs`` (read with duckdb)
+
+Every file is written by ``atomic_write`` (a ``*.tmp`` sibling renamed over it), so a killed
+process leaves at most a ``*.tmp`` file, which the next run removes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,38 +60,107 @@ def atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def space_fingerprint(text: bytes) -> str:
+    """Hash of a space file's bytes and of edmgrid's own source code.
+
+    Equal fingerprints expand to equal jobs, so a re-run can tell that it has nothing to do
+    without expanding the space (which imports torch).
+    """
+    digest = hashlib.sha256(text)
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _checked(key: str) -> str:
+    """A job id or training key: 16 hex digits (so it can never escape its folder)."""
+    if not re.fullmatch(r"[0-9a-f]{16}", key):
+        raise SpecError(f"not a job id or training key: {key!r}")
+    return key
+
+
+def _status(path: Path) -> str | None:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return None
+    return str(pq.read_table(path, columns=["status"]).column(0)[0])
+
+
+def _read_row(path: Path) -> dict[str, Any] | None:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return None
+    return dict(pq.read_table(path).to_pylist()[0])
+
+
+def _write_row(path: Path, row: dict[str, Any]) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame([row])
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class Store:
     """A results directory."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.runs = self.root / "runs"
+        self.train = self.root / "train"
         self.cache = self.root / "cache"
         self.logs = self.root / "logs"
         self.db_path = self.root / "edmgrid.duckdb"
 
     def result_path(self, job_id: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{16}", job_id):
-            raise SpecError(f"not a job id: {job_id!r}")
-        return self.runs / f"{job_id}.parquet"
+        return self.runs / f"{_checked(job_id)}.parquet"
+
+    def training_path(self, key: str) -> Path:
+        return self.train / f"{_checked(key)}.parquet"
 
     def status(self, job_id: str) -> str | None:
         """'done', 'failed', or None when the job has no result yet."""
-        import pyarrow.parquet as pq
+        return _status(self.result_path(job_id))
 
-        path = self.result_path(job_id)
-        if not path.exists():
-            return None
-        return str(pq.read_table(path, columns=["status"]).column(0)[0])
+    def statuses(self, job_ids: list[str]) -> dict[str, str]:
+        """{job id: 'done' | 'failed'} for the jobs that have a row (one DuckDB scan)."""
+        import duckdb
+
+        paths = [p.as_posix() for p in map(self.result_path, job_ids) if p.exists()]
+        if not paths:
+            return {}
+        with duckdb.connect() as con:
+            rows = con.execute(
+                "SELECT job_id, status FROM read_parquet(?, union_by_name = true)", [paths]
+            ).fetchall()
+        return {str(job): str(status) for job, status in rows}
+
+    def training_status(self, key: str) -> str | None:
+        """'done', 'failed', or None when the training has no row yet."""
+        return _status(self.training_path(key))
 
     def row(self, job_id: str) -> dict[str, Any] | None:
-        """The stored row of a job, or None when it has no result yet."""
-        import pandas as pd
+        """The job's row, or None."""
+        return _read_row(self.result_path(job_id))
 
-        path = self.result_path(job_id)
-        if not path.exists():
-            return None
-        return {str(k): v for k, v in pd.read_parquet(path).iloc[0].items()}
+    def training_row(self, key: str) -> dict[str, Any] | None:
+        """The training's row, or None."""
+        return _read_row(self.training_path(key))
 
     def job_ids(self) -> list[str]:
         """The ids of every job with a stored row."""
@@ -98,10 +176,12 @@ class Store:
         return dict(json.loads(pq.read_table(path, columns=["config_json"]).column(0)[0].as_py()))
 
     def write(self, row: dict[str, Any]) -> None:
-        import pandas as pd
+        """Write an evaluation row (``job_id`` names the file)."""
+        _write_row(self.result_path(row["job_id"]), row)
 
-        frame = pd.DataFrame([row])
-        atomic_write(self.result_path(row["job_id"]), lambda tmp: frame.to_parquet(tmp))
+    def write_training(self, row: dict[str, Any]) -> None:
+        """Write a training row (``training_key`` names the file)."""
+        _write_row(self.training_path(row["training_key"]), row)
 
     def space_path(self, name: str) -> Path:
         """Where a space's job list is recorded; names that could leave the store are refused."""
@@ -111,18 +191,43 @@ class Store:
             raise SpecError(str(e), path="space") from None
         return self.root / "spaces" / f"{name}.json"
 
-    def record_space(self, name: str, source: str, job_ids: list[str]) -> None:
-        body = json.dumps({"space": name, "source": source, "jobs": job_ids}, indent=1)
+    def record_space(
+        self, name: str, source: str, job_ids: list[str], fingerprint: str | None = None
+    ) -> None:
+        """Which jobs the space expanded to (``fingerprint``: see ``space_fingerprint``)."""
+        record = {"space": name, "source": source, "jobs": job_ids, "fingerprint": fingerprint}
+        body = json.dumps(record, indent=1)
         atomic_write(self.space_path(name), lambda tmp: tmp.write_text(body))
+
+    def finished(self, name: str, fingerprint: str) -> list[str] | None:
+        """The job ids of space ``name`` when it was recorded with ``fingerprint`` and every
+        one of them is done; else None. Needs neither torch nor the space's expansion."""
+        if Path(name).name != name or name.startswith("."):
+            return None
+        try:
+            record = json.loads((self.root / "spaces" / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if record.get("fingerprint") != fingerprint:
+            return None
+        jobs: list[str] = record["jobs"]
+        statuses = self.statuses(jobs)
+        return jobs if all(statuses.get(job) == "done" for job in jobs) else None
 
     def _views(self, temp: bool) -> list[str]:
         kind = "TEMP VIEW" if temp else "VIEW"
         runs = (self.runs / "*.parquet").resolve().as_posix()
+        train = (self.train / "*.parquet").resolve().as_posix()
         spaces = (self.root / "spaces" / "*.json").resolve().as_posix()
         stmts = [
             f"CREATE OR REPLACE {kind} runs AS "
             f"SELECT * FROM read_parquet('{runs}', union_by_name = true)"
         ]
+        if list(self.train.glob("*.parquet")):
+            stmts.append(
+                f"CREATE OR REPLACE {kind} trainings AS "
+                f"SELECT * FROM read_parquet('{train}', union_by_name = true)"
+            )
         if list((self.root / "spaces").glob("*.json")):
             stmts.append(
                 f"CREATE OR REPLACE {kind} space_jobs AS SELECT space, unnest(jobs) AS job_id "
@@ -131,12 +236,20 @@ class Store:
         return stmts
 
     def refresh_db(self) -> None:
-        """(Re)write the DuckDB file's views; only the driver process calls this."""
+        """(Re)write the DuckDB file's views; only driver processes call this.
+
+        The views glob the Parquet files, so they stay current as rows are added; when another
+        process has the file open, this refresh is skipped rather than waited for.
+        """
         import duckdb
 
         if not list(self.runs.glob("*.parquet")):
             return
-        with duckdb.connect(str(self.db_path)) as con:
+        with (
+            file_lock(self.root / ".db.lock"),
+            contextlib.suppress(duckdb.IOException),
+            duckdb.connect(str(self.db_path)) as con,
+        ):
             for stmt in self._views(temp=False):
                 con.execute(stmt)
 

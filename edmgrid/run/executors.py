@@ -1,0 +1,429 @@
+"""Executors: where tasks run. One small interface, three implementations.
+
+- ``SerialExecutor``: in this process, one task at a time (debugging).
+- ``LocalExecutor``: one worker process per device, forked from a fork server that has
+  imported torch and edmgrid once (``forkserver``); worker k sees only its GPU
+  (``CUDA_VISIBLE_DEVICES``, set first thing in the worker, before anything initialises
+  CUDA), or CPU workers that share the cores' threads.
+- ``RayExecutor``: Ray Core tasks with ``num_gpus`` per task on a running cluster or a local Ray
+  started for the run (optional extra ``edmgrid[ray]``); Ray sets each task's visible GPUs.
+
+Every worker calls ``run_job``, which writes the task's row itself; executors report
+``Event``s (started, progress, finished with the row) to the driver through ``emit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from edmgrid.errors import EdmgridError, SpecError
+from edmgrid.run.claims import pid_alive
+
+if TYPE_CHECKING:
+    from edmgrid.run.jobs import Task
+
+#: Seconds between two progress events of one worker (the last step is always sent).
+PROGRESS_EVERY_S = 0.2
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a worker tells the driver; ``row`` comes with ``finished``, ``device`` with
+    ``started``."""
+
+    worker: int
+    task: str
+    kind: Literal["started", "progress", "finished"]
+    done: int = 0
+    total: int = 0
+    device: str = ""
+    row: dict[str, Any] | None = None
+
+
+Emit = Callable[[Event], None]
+
+
+class Executor(Protocol):
+    """Runs tasks on numbered workers; ``open`` is cheap, resources start on first ``submit``."""
+
+    def open(self, root: Path, emit: Emit) -> None:
+        """Bind to a results directory; ``emit`` receives every event (in ``poll``)."""
+        ...
+
+    def free(self) -> list[int]:
+        """The workers that can take a task now."""
+        ...
+
+    def submit(self, task: Task, worker: int) -> None: ...
+
+    def poll(self, timeout: float) -> None:
+        """Deliver pending events, waiting up to ``timeout`` seconds for one."""
+        ...
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers (``wait=False``: now, abandoning running tasks)."""
+        ...
+
+
+class _Reporter:
+    """A worker's ``progress(done, total)`` callback, throttled to one event per
+    ``PROGRESS_EVERY_S``."""
+
+    def __init__(self, send: Emit, worker: int, task: str) -> None:
+        self.send, self.worker, self.task, self.last = send, worker, task, 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self.send(Event(self.worker, self.task, "progress", done, total))
+
+
+def _execute(task: Task, root: str, worker: int, send: Emit) -> dict[str, Any]:
+    """Run one task in a worker: started event, the job with progress, its row."""
+    from edmgrid.run.jobs import device_name, run_job
+    from edmgrid.run.store import Store
+
+    send(Event(worker, task.name, "started", device=device_name()))
+    return run_job(task, Store(root), _Reporter(send, worker, task.name))
+
+
+class SerialExecutor:
+    """Runs each task in this process when polled (``--executor serial``)."""
+
+    def __init__(self) -> None:
+        self.root = ""
+        self.emit: Emit = lambda event: None
+        self.task: Task | None = None
+
+    def open(self, root: Path, emit: Emit) -> None:
+        self.root, self.emit = str(root), emit
+
+    def free(self) -> list[int]:
+        return [] if self.task else [0]
+
+    def submit(self, task: Task, worker: int) -> None:
+        self.task = task
+
+    def poll(self, timeout: float) -> None:
+        task, self.task = self.task, None
+        if task is None:
+            time.sleep(timeout)
+            return
+        row = _execute(task, self.root, 0, self.emit)
+        self.emit(Event(0, task.name, "finished", row=row))
+
+    def close(self, wait: bool = True) -> None:
+        self.task = None
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """One local worker: the GPU it sees (None: CPU only) and its torch threads."""
+
+    index: int
+    cuda: str | None
+    threads: int
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.cuda is None else f"cuda:{self.cuda}"
+
+
+def visible_gpus() -> list[str]:
+    """The ids of the GPUs this process may use (respects ``CUDA_VISIBLE_DEVICES``)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in env.split(",") if d.strip()] if env is not None else []
+    return ids[:count] if env is not None else [str(i) for i in range(count)]
+
+
+def assign_devices(
+    devices: list[str] | None,
+    workers: int | None,
+    gpus: list[str],
+    cpus: int,
+    threads: int | None = None,
+) -> list[WorkerSlot]:
+    """Local workers: one per GPU in ``devices`` (default: every GPU in ``gpus``; with
+    ``workers``, the devices round-robin over that many workers), or ``workers`` CPU workers
+    (default 1) when there is no GPU. Torch threads: ``threads``, else the cores divided evenly.
+    """
+    if workers is not None and workers < 1:
+        raise SpecError(f"--workers must be at least 1, not {workers}")
+    if not gpus:
+        if devices:
+            raise SpecError(f"--devices {','.join(devices)}: no GPU is visible on this machine")
+        chosen: list[str | None] = [None]
+    else:
+        unknown = [d for d in devices or [] if d not in gpus]
+        if unknown:
+            raise SpecError(
+                f"--devices: no GPU {', '.join(unknown)}; visible GPUs: {', '.join(gpus)}"
+            )
+        chosen = list(devices or gpus)
+    n = workers or len(chosen)
+    per = threads or max(1, cpus // n)
+    return [WorkerSlot(k, chosen[k % len(chosen)], per) for k in range(n)]
+
+
+def _watch_driver(driver: int) -> None:
+    """Exit once the driver is gone: a killed run must not leave workers running its jobs.
+
+    (The worker's parent is the fork server, which itself waits for its workers to exit.)
+    """
+
+    def watch() -> None:
+        while pid_alive(driver):
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="edmgrid-driver-watch", daemon=True).start()
+
+
+def _worker(slot: WorkerSlot, root: str, inbox: Any, outbox: Any, driver: int) -> None:
+    """A local worker process: run tasks from ``inbox`` until it yields None."""
+    if slot.cuda is not None:
+        # read by CUDA when it initialises, which torch defers to the first CUDA call
+        os.environ["CUDA_VISIBLE_DEVICES"] = slot.cuda
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    _watch_driver(driver)
+    import torch
+
+    torch.set_num_threads(slot.threads)
+    while (task := inbox.get()) is not None:
+        row = _execute(task, root, slot.index, outbox.put)
+        outbox.put(Event(slot.index, task.name, "finished", row=row))
+
+
+#: Imported once by the fork server, so that each worker starts in milliseconds.
+PRELOAD = ["edmgrid.run.jobs", "edmgrid.engine.evaluate"]
+
+
+class LocalExecutor:
+    """A pool of worker processes on this machine, one per device (``--executor local``)."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        devices: list[str] | None = None,
+        threads: int | None = None,
+        gpus: Callable[[], list[str]] = visible_gpus,
+    ) -> None:
+        self.slots = assign_devices(devices, workers, gpus(), os.cpu_count() or 1, threads)
+        self.root = ""
+        self.emit: Emit = lambda event: None
+        self.procs: dict[int, Any] = {}
+        self.inboxes: dict[int, Any] = {}
+        self.busy: dict[int, Task] = {}
+        self.outbox: Any = None
+
+    def open(self, root: Path, emit: Emit) -> None:
+        import multiprocessing
+
+        self.root, self.emit = str(root), emit
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(PRELOAD)
+        self.outbox = self.ctx.Queue()
+
+    def free(self) -> list[int]:
+        return [s.index for s in self.slots if s.index not in self.busy]
+
+    def _start(self, slot: WorkerSlot) -> None:
+        inbox = self.ctx.Queue()
+        proc = self.ctx.Process(
+            target=_worker,
+            args=(slot, self.root, inbox, self.outbox, os.getpid()),
+            name=f"edmgrid-worker-{slot.index}",
+            daemon=True,
+        )
+        proc.start()
+        self.procs[slot.index], self.inboxes[slot.index] = proc, inbox
+
+    def submit(self, task: Task, worker: int) -> None:
+        if worker not in self.procs:
+            self._start(self.slots[worker])
+        self.busy[worker] = task
+        self.inboxes[worker].put(task)
+
+    def poll(self, timeout: float) -> None:
+        events: list[Event] = []
+        try:
+            events.append(self.outbox.get(timeout=timeout))
+            while True:
+                events.append(self.outbox.get_nowait())
+        except queue.Empty:
+            pass
+        for event in events:
+            if event.kind == "finished":
+                self.busy.pop(event.worker, None)
+            self.emit(event)
+        self._reap()
+
+    def _reap(self) -> None:
+        """A worker that died mid-task (killed, out of memory) fails its task and is replaced."""
+        from edmgrid.run.jobs import record_failed
+        from edmgrid.run.store import Store
+
+        for worker, task in list(self.busy.items()):
+            proc = self.procs[worker]
+            if proc.is_alive():
+                continue
+            del self.busy[worker], self.procs[worker], self.inboxes[worker]
+            message = f"worker {worker} died (exit code {proc.exitcode}) while running the job"
+            row = record_failed(task, Store(self.root), message, "WorkerDied", None)
+            self.emit(Event(worker, task.name, "finished", row=row))
+
+    def close(self, wait: bool = True) -> None:
+        for inbox in self.inboxes.values():
+            inbox.put(None)
+        deadline = time.monotonic() + (10.0 if wait else 0.0)
+        for proc in self.procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(1.0)
+        self.procs.clear()
+        self.inboxes.clear()
+        self.busy.clear()
+
+
+def _ray_task(task: Task, root: str, worker: int, events: Any) -> dict[str, Any]:
+    """The body of a Ray task: run the task, sending events through a Ray queue."""
+
+    def send(event: Event) -> None:
+        with contextlib.suppress(Exception):  # progress is best effort
+            events.put_nowait(event)
+
+    return _execute(task, root, worker, send)
+
+
+class RayExecutor:
+    """Ray Core tasks (``--executor ray``): ``num_gpus`` per task, results as local.
+
+    ``address`` joins a running cluster (``auto``); without it a local Ray is started for the
+    run with ``gpus`` declared GPUs (logical ones on a CPU-only machine) and stopped after.
+    """
+
+    def __init__(self, address: str | None = None, gpus: int | None = None) -> None:
+        self.address, self.gpus = address, gpus
+        self.root = ""
+        self.emit: Emit = lambda event: None
+        self.started = False
+        self.owns = False
+        self.capacity = 0
+        self.has_gpus = False
+        self.running: dict[Any, tuple[int, Task]] = {}
+
+    def open(self, root: Path, emit: Emit) -> None:
+        self.root, self.emit = str(root), emit
+
+    def _start(self) -> None:
+        try:
+            import ray
+            from ray.util.queue import Queue
+        except ImportError:
+            raise EdmgridError("--executor ray needs Ray: pip install 'edmgrid[ray]'") from None
+        if not ray.is_initialized():
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if self.address is None:
+                # a local Ray: its workers (in another cwd) must import this edmgrid
+                paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                path = [str(Path(__file__).resolve().parents[2])]
+                path += [os.path.abspath(p) for p in paths if p]
+                options["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(path)}}
+                options["num_gpus"] = self.gpus
+            ray.init(address=self.address, **options)
+            self.owns = True
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        self.has_gpus = gpus > 0
+        self.capacity = gpus or int(resources.get("CPU", 1))
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.remote = ray.remote(_ray_task)
+        self.started = True
+
+    def free(self) -> list[int]:
+        if not self.started:
+            self._start()
+        busy = {worker for worker, _ in self.running.values()}
+        return [k for k in range(self.capacity) if k not in busy]
+
+    def submit(self, task: Task, worker: int) -> None:
+        gpus = task.gpus if self.has_gpus else 0
+        ref = self.remote.options(num_gpus=gpus, max_retries=0).remote(
+            task, self.root, worker, self.queue
+        )
+        self.running[ref] = (worker, task)
+
+    def poll(self, timeout: float) -> None:
+        import ray
+
+        from edmgrid.run.jobs import record_failed
+        from edmgrid.run.store import Store
+
+        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+        for event in self.queue.get_nowait_batch(self.queue.qsize()):
+            self.emit(event)
+        for ref in ready:
+            worker, task = self.running.pop(ref)
+            try:
+                row = ray.get(ref)
+            except ray.exceptions.RayError as e:  # the task's process died; the job did not say
+                message = f"Ray task failed: {type(e).__name__}: {e}".splitlines()[0]
+                row = record_failed(task, Store(self.root), message, "WorkerDied", None)
+            self.emit(Event(worker, task.name, "finished", row=row))
+
+    def close(self, wait: bool = True) -> None:
+        if not self.started:
+            return
+        import ray
+
+        for ref in self.running:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        self.running.clear()
+        if self.owns:
+            ray.shutdown()
+        self.started = False
+
+
+def make_executor(
+    name: str,
+    workers: int | None = None,
+    devices: list[str] | None = None,
+    gpus: int | None = None,
+    address: str | None = None,
+) -> Executor:
+    """The executor named on the command line (``--executor``); options of another
+    executor are errors rather than silently ignored."""
+    given = {"--workers": workers, "--devices": devices, "--gpus": gpus, "--address": address}
+    allowed = {"serial": set(), "local": {"--workers", "--devices"}, "ray": {"--gpus", "--address"}}
+    if name not in allowed:
+        raise SpecError(f"unknown executor {name!r}; valid: {', '.join(allowed)}")
+    stray = [option for option, value in given.items() if value is not None]
+    stray = [option for option in stray if option not in allowed[name]]
+    if stray:
+        raise SpecError(f"{', '.join(stray)} cannot be used with --executor {name}")
+    if gpus is not None and address is not None:
+        raise SpecError(
+            "--gpus declares the GPUs of a local Ray; a cluster (--address) has its own"
+        )
+    if name == "serial":
+        return SerialExecutor()
+    if name == "local":
+        return LocalExecutor(workers=workers, devices=devices)
+    return RayExecutor(address=address, gpus=gpus)

@@ -1,0 +1,97 @@
+"""Executors: device assignment, and local worker processes (pinned GPUs, crashes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fake_training import FakeTrainer, toy_space
+
+from edmgrid.errors import SpecError
+from edmgrid.run.executors import LocalExecutor, WorkerSlot, assign_devices, make_executor
+from edmgrid.run.runner import run_space
+from edmgrid.run.store import Store
+
+
+def test_one_worker_per_gpu_with_the_cores_divided_among_them() -> None:
+    slots = assign_devices(None, None, ["0", "1", "2", "3"], cpus=16)
+    assert [s.cuda for s in slots] == ["0", "1", "2", "3"]
+    assert {s.threads for s in slots} == {4}
+
+
+def test_devices_restricts_the_gpus_used() -> None:
+    slots = assign_devices(["0", "2"], None, ["0", "1", "2"], cpus=8)
+    assert slots == [WorkerSlot(0, "0", 4), WorkerSlot(1, "2", 4)]
+    assert [s.device for s in slots] == ["cuda:0", "cuda:2"]
+
+
+def test_more_workers_than_gpus_share_them_round_robin() -> None:
+    slots = assign_devices(None, 4, ["0", "1"], cpus=2)
+    assert [s.cuda for s in slots] == ["0", "1", "0", "1"]
+    assert {s.threads for s in slots} == {1}
+
+
+def test_cpu_workers_divide_the_threads_and_default_to_one_worker() -> None:
+    assert assign_devices(None, None, [], cpus=2) == [WorkerSlot(0, None, 2)]
+    assert assign_devices(None, 2, [], cpus=2) == [WorkerSlot(0, None, 1), WorkerSlot(1, None, 1)]
+    assert assign_devices(None, 3, [], cpus=2, threads=2)[2].threads == 2
+
+
+@pytest.mark.parametrize(
+    ("devices", "workers", "gpus", "message"),
+    [
+        (["1"], None, [], "no GPU is visible"),
+        (["5"], None, ["0", "1"], "no GPU 5; visible GPUs: 0, 1"),
+        (None, 0, [], "at least 1"),
+    ],
+)
+def test_impossible_device_requests_are_spec_errors(
+    devices: list[str] | None, workers: int | None, gpus: list[str], message: str
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        assign_devices(devices, workers, gpus, cpus=2)
+
+
+def test_unknown_executor_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match="valid: serial, local, ray"):
+        make_executor("threads")
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("serial", {"workers": 2}, "--workers cannot be used with --executor serial"),
+        ("local", {"gpus": 2}, "--gpus cannot be used with --executor local"),
+        ("ray", {"devices": ["0"]}, "--devices cannot be used with --executor ray"),
+        ("ray", {"gpus": 2, "address": "auto"}, "a cluster"),
+    ],
+)
+def test_options_of_another_executor_are_spec_errors(
+    name: str, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        make_executor(name, **options)  # type: ignore[arg-type]
+
+
+def test_local_workers_each_see_only_their_simulated_gpu(tmp_path: Path) -> None:
+    space = toy_space(tmp_path, "a", {"sampler.timesteps.num_steps": [2, 3, 4, 5]})
+    store = Store(tmp_path / "r")
+    executor = LocalExecutor(workers=2, gpus=lambda: ["0", "1"])
+    summary = run_space(space, store, executor=executor)
+    assert summary.ok and summary.counts["done"] == 4
+    devices = store.query("SELECT device FROM runs")["device"]
+    assert set(devices) == {"cuda:0", "cuda:1"}
+
+
+def test_a_worker_that_dies_fails_its_job_and_is_replaced(tmp_path: Path) -> None:
+    grid = {"data.mixture": ["ring8", "grid25"], "sampler.timesteps.num_steps": [2, 3]}
+    space = toy_space(tmp_path, "a", grid)
+    store = Store(tmp_path / "r")
+    trainer = FakeTrainer(log=str(tmp_path / "log"), die="grid25")
+    summary = run_space(space, store, executor=LocalExecutor(workers=1), trainer=trainer)
+    assert summary.counts["done"] == 1 + 2 and summary.counts["failed"] == 1 + 2
+    died = store.query("SELECT * FROM trainings WHERE status = 'failed'")
+    assert list(died["error_type"]) == ["WorkerDied"]
+    assert "exit code 9" in died["error"][0]
+    blocked = store.query("SELECT error_type FROM runs WHERE status = 'failed'")
+    assert set(blocked["error_type"]) == {"TrainingFailed"}
