@@ -113,6 +113,31 @@ def _use_pythonpath(folders: list[Path]) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([old] if old else [])])
 
 
+EXECUTOR = typer.Option(
+    "local", "--executor", "-x", help="Where jobs run: local (worker processes), serial, ray."
+)
+WORKERS = typer.Option(
+    None, "--workers", "-w", help="Local workers (default: one per GPU, else 1)."
+)
+DEVICES = typer.Option(None, "--devices", help="Local: only these GPU ids, e.g. 0,2.")
+GPUS = typer.Option(
+    None, "--gpus", help="Ray: GPUs to declare for a local Ray (logical on a CPU machine)."
+)
+ADDRESS = typer.Option(
+    None, "--address", help="Ray: join this cluster ('auto' finds a running one)."
+)
+
+
+def _executor(
+    name: str, workers: int | None, devices: str | None, gpus: int | None, address: str | None
+) -> Any:
+    """The executor of ``--executor`` and its options."""
+    from edmgrid.run.executors import make_executor
+
+    chosen = _split(devices) if devices is not None else None
+    return make_executor(name, workers=workers, devices=chosen, gpus=gpus, address=address)
+
+
 @app.command()
 def run(
     space: Path = typer.Argument(..., help="Space file (YAML)."),
@@ -123,21 +148,11 @@ def run(
     retry_failed: bool = typer.Option(
         True, "--retry-failed/--no-retry-failed", help="Re-run jobs whose last result is a failure."
     ),
-    executor: str = typer.Option(
-        "local", "--executor", "-x", help="Where jobs run: local (worker processes), serial, ray."
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", "-w", help="Local workers (default: one per GPU, else 1)."
-    ),
-    devices: str | None = typer.Option(
-        None, "--devices", help="Local: only these GPU ids, e.g. 0,2."
-    ),
-    gpus: int | None = typer.Option(
-        None, "--gpus", help="Ray: GPUs to declare for a local Ray (logical on a CPU machine)."
-    ),
-    address: str | None = typer.Option(
-        None, "--address", help="Ray: join this cluster ('auto' finds a running one)."
-    ),
+    executor: str = EXECUTOR,
+    workers: int | None = WORKERS,
+    devices: str | None = DEVICES,
+    gpus: int | None = GPUS,
+    address: str | None = ADDRESS,
     train_gpus: int = typer.Option(1, "--train-gpus", help="Ray: GPUs per training job."),
     yes: bool = YES,
     data: Path | None = typer.Option(
@@ -179,7 +194,6 @@ def run(
             return
 
     from edmgrid.engine.fid import ENV_VAR
-    from edmgrid.run.executors import make_executor
     from edmgrid.run.runner import run_space
     from edmgrid.spec.space import MAX_JOBS, load_space
 
@@ -189,13 +203,7 @@ def run(
     loaded = load_space(
         space, max_jobs=None if yes else MAX_JOBS, overrides=overrides, check_inputs=True
     )
-    chosen = make_executor(
-        executor,
-        workers=workers,
-        devices=_split(devices) if devices is not None else None,
-        gpus=gpus,
-        address=address,
-    )
+    chosen = _executor(executor, workers, devices, gpus, address)
     summary = run_space(
         loaded,
         store,
@@ -362,6 +370,115 @@ def sql(
     from edmgrid.run.store import Store
 
     _print_frame(Store(results).query(query), fmt)
+
+
+RANGE_HELP = "MIN MAX search range (overrides the space's search: section)."
+
+
+@app.command("optuna-churn")
+def optuna_churn(
+    space: Path | None = typer.Option(None, "--space", help="Space file (YAML) of the base job."),
+    job: str | None = typer.Option(
+        None, "--job", help="Job id or prefix: one of the space's jobs, else a stored job."
+    ),
+    study: str | None = typer.Option(
+        None, "--study", help="Study name (default churn-JOB-METRIC-nN); alone, continue it."
+    ),
+    trials: int = typer.Option(20, "--trials", help="Total trials of the study."),
+    sampler: str = typer.Option("tpe", "--sampler", help="Optuna sampler: tpe, random, gp, cmaes."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Optuna sampler."),
+    metric: str | None = typer.Option(
+        None, "--metric", help="Objective (lower is better); default: the job's first metric."
+    ),
+    num_samples: int = typer.Option(256, "--num-samples", help="Samples per search trial."),
+    final_samples: int = typer.Option(
+        1024, "--final-samples", help="Samples to re-evaluate the best trials (0: skip)."
+    ),
+    top_k: int = typer.Option(3, "--top-k", help="Trials re-evaluated at --final-samples."),
+    s_churn: tuple[float, float] | None = typer.Option(None, "--S_churn", help=RANGE_HELP),
+    s_min: tuple[float, float] | None = typer.Option(None, "--S_min", help=RANGE_HELP),
+    s_max: tuple[float, float] | None = typer.Option(None, "--S_max", help=RANGE_HELP),
+    s_noise: tuple[float, float] | None = typer.Option(None, "--S_noise", help=RANGE_HELP),
+    executor: str = EXECUTOR,
+    workers: int | None = WORKERS,
+    devices: str | None = DEVICES,
+    gpus: int | None = GPUS,
+    address: str | None = ADDRESS,
+    results: Path = RESULTS,
+) -> None:
+    """Search the stochastic sampler's S_churn, S_min, S_max, S_noise with Optuna (EDM Table 5).
+
+    Trial 0 is the paper's setting, trial 1 the deterministic sampler; rerunning continues the
+    study (results/optuna/journal.log); every trial is also a row of the store. Trials run on
+    the executors of `run`, one per worker at a time, asked and told by this process.
+    """
+    from edmgrid.run.churn import Options, Settings, default_metric, pick_job, run_churn
+    from edmgrid.run.store import Store
+    from edmgrid.spec.space import load_space
+
+    store = Store(results)
+    ranges = {"S_churn": s_churn, "S_min": s_min, "S_max": s_max, "S_noise": s_noise}
+    overrides = {k: v for k, v in ranges.items() if v is not None}
+    loaded = load_space(space, max_jobs=None) if space is not None else None
+    settings = None
+    if loaded is not None or job is not None or study is None:
+        base = pick_job(store, loaded, job)
+        settings = Settings(base, metric or default_metric(base), num_samples)
+    options = Options(trials, sampler, seed, final_samples, top_k)
+    chosen = _executor(executor, workers, devices, gpus, address)
+    console = _console()
+    report = run_churn(
+        store,
+        settings,
+        options,
+        section=loaded.file.search if loaded else None,
+        overrides=overrides,
+        source=loaded.source if loaded else None,
+        study_name=study,
+        executor=chosen,
+        log=lambda line: console.print(line, highlight=False, soft_wrap=True),
+    )
+    _print_churn(report)
+
+
+def _print_churn(report: Any) -> None:
+    from rich.table import Table
+
+    from edmgrid.run.churn import PARAMS
+
+    console = _console()
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    if not report.candidates:
+        console.print(f"study {report.study}: no completed trial ({report.failed} failed)")
+        raise typer.Exit(1)
+    table = Table(title=f"{report.study}: {report.trials} trials, {report.failed} failed")
+    for column in ("trial", "role", *PARAMS, f"{report.metric} search", "final", "nfe"):
+        table.add_column(column)
+    for c in report.candidates:
+        params = [_cell(float(c.params[k])) for k in PARAMS]
+        table.add_row(
+            str(c.trial), ", ".join(c.roles), *params, _cell(c.search), _cell(c.final), _cell(c.nfe)
+        )
+    console.print(table)
+    best = report.best
+    console.print(
+        f"best: trial {best.trial}  "
+        + "  ".join(f"{k}={float(best.params[k]):.4g}" for k in PARAMS),
+        highlight=False,
+    )
+    for role, label in (("deterministic", "deterministic (S_churn=0)"), ("paper", report.paper)):
+        other = report.role(role)
+        if other is not None:
+            change = (best.value - other.value) / other.value
+            console.print(
+                f"  {report.metric} {best.value:.5g} vs {other.value:.5g} of {label}: "
+                f"{change:+.1%}",
+                highlight=False,
+            )
+    console.print(f"paper setting {report.paper}: {report.paper_reason}", highlight=False)
+    for path in report.plots:
+        console.print(f"wrote {path}", highlight=False)
 
 
 def main() -> None:

@@ -31,13 +31,15 @@ class FakeTrainer:
     """'Trains' one model per data set: key = hash of the job's data, checkpoint = a tiny file.
 
     Every training appends ``<key> <pid>`` to ``log``; ``fail``/``die`` name a toy2d mixture
-    whose training raises / kills its own process.
+    whose training raises / kills its own process; with ``rendezvous`` = n, a training finishes
+    only once n trainings have started (so n must run at once, whatever the machine's load).
     """
 
     log: str
     seconds: float = 0.0
     fail: str | None = None
     die: str | None = None
+    rendezvous: int = 0
 
     def key(self, job: JobSpec) -> str | None:
         return content_hash(job.data.model_dump(mode="json"))
@@ -53,6 +55,11 @@ class FakeTrainer:
         mixture = getattr(job.data, "mixture", None)
         if mixture == self.die:
             os._exit(9)
+        deadline = time.monotonic() + 120
+        while len(self.trainings()) < self.rendezvous:
+            if time.monotonic() > deadline:
+                raise JobError(f"only {len(self.trainings())} of {self.rendezvous} trainings ran")
+            time.sleep(0.05)
         for step in range(1, 5):
             time.sleep(self.seconds / 4)
             if progress:

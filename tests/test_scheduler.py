@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from fake_training import FakeTrainer, toy_space
 
 import edmgrid.engine.evaluate
@@ -21,12 +19,7 @@ from edmgrid.run.store import Store
 MIXTURES = {"data.mixture": ["ring8", "grid25"], "sampler.timesteps.num_steps": [2, 3]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -12,13 +12,7 @@ from edmgrid.spec.job import JobSpec
 from edmgrid.spec.space import resolve_presets
 from edmgrid.spec.table2 import table2
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def job(preset: str, **training) -> JobSpec:

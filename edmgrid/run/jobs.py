@@ -113,12 +113,20 @@ class Task:
     training_key: str | None = None
     trainer: Trainer = field(default_factory=EngineTrainer)
     gpus: int = 1
+    #: Columns added to an evaluation's row (``optuna-churn``'s ``study``, ``trial``, ``stage``).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def evaluation(cls, job: JobSpec, space: str, trainer: Trainer | None = None) -> Task:
+    def evaluation(
+        cls,
+        job: JobSpec,
+        space: str,
+        trainer: Trainer | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Task:
         """The evaluation task of ``job`` (and the training it needs, by key)."""
         trainer = trainer or EngineTrainer()
-        return cls("evaluate", job.job_id, job, space, trainer.key(job), trainer)
+        return cls("evaluate", job.job_id, job, space, trainer.key(job), trainer, extra=extra or {})
 
     @property
     def name(self) -> str:
@@ -179,6 +187,7 @@ def _row(task: Task) -> dict[str, Any]:
         row = {"job_id": task.key, "space": task.space, "kind": "evaluate"}
         row["training_key"] = task.training_key
     row.update(flatten(config))
+    row.update(task.extra)
     row["config_json"] = _json(config)
     return row
 

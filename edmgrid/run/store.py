@@ -162,6 +162,10 @@ class Store:
         """The training's row, or None."""
         return _read_row(self.training_path(key))
 
+    def job_ids(self) -> list[str]:
+        """The ids of every job with a stored row."""
+        return sorted(p.stem for p in self.runs.glob("*.parquet"))
+
     def config(self, job_id: str) -> dict[str, Any]:
         """The resolved job config stored in a job's row (to re-create the job)."""
         import pyarrow.parquet as pq
