@@ -29,7 +29,7 @@ def kill_mid_grid(proc: subprocess.Popen[bytes], results: Path, sig: int) -> Non
     ):
         assert time.monotonic() < deadline, "the run never started a job"
         time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 1.0))
+    time.sleep(random.uniform(0.0, 0.3))
     proc.send_signal(sig)
     proc.wait(30)
 
@@ -38,16 +38,15 @@ def test_sigkill_and_sigterm_mid_grid_then_rerun_gives_one_row_per_job(tmp_path:
     space = toy_space(tmp_path, "kill", GRID, seeds="0-31")
     path = Path(space.source)
     results = tmp_path / "results"
+    proc = edmgrid_run(path, results, "-x", "local", "-w", "2")
+    kill_mid_grid(proc, results, signal.SIGTERM)
+    assert proc.returncode == 130, "SIGTERM interrupts like Ctrl-C"
+    assert not list((results / "claims").glob("*.claim")), "SIGTERM must release claims"
     for executor in (["-x", "local", "-w", "2"], ["-x", "serial"]):
         proc = edmgrid_run(path, results, *executor)
         kill_mid_grid(proc, results, signal.SIGKILL)
         assert proc.returncode == -signal.SIGKILL
-    proc = edmgrid_run(path, results, "-x", "local", "-w", "2")
-    kill_mid_grid(proc, results, signal.SIGTERM)
-    if proc.returncode != 0:  # it may have finished first
-        assert proc.returncode == 130
-        assert not list((results / "claims").glob("*.claim")), "SIGTERM must release claims"
-    assert rows_written(results) < len(space.jobs) or proc.returncode == 0
+    assert rows_written(results) < len(space.jobs), "every run was stopped mid-grid"
 
     final = edmgrid_run(path, results, "-x", "serial")
     out, _ = final.communicate(timeout=120)
