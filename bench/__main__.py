@@ -22,7 +22,11 @@ from pathlib import Path
 import torch
 
 #: Section name → module; add yours here (each module defines ``run(tiny: bool) -> str``).
-SECTIONS = {"sampler": "bench.sampler", "training": "bench.training"}
+SECTIONS = {
+    "sampler": "bench.sampler",
+    "training": "bench.training",
+    "scheduler": "bench.scheduler",
+}
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADER = "# Benchmark results\n\nWritten by `python -m bench`; each section by its own run.\n"

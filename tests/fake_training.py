@@ -1,4 +1,5 @@
-"""A stand-in for ``edmgrid.engine.train`` in scheduler tests, and small spaces to run.
+"""Scheduler test helpers: a stand-in for ``edmgrid.engine.train``, small spaces to run, and
+``edmgrid run`` as a subprocess.
 
 It lives in its own module (not a test file) so that worker processes (spawned or Ray) can
 import it by name.
@@ -7,6 +8,8 @@ import it by name.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,8 @@ from edmgrid.run.jobs import Progress
 from edmgrid.run.store import atomic_write
 from edmgrid.spec.job import JobSpec, content_hash
 from edmgrid.spec.space import Space, load_space
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -83,3 +88,16 @@ def toy_space(
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body))
     return load_space(path)
+
+
+def edmgrid_run(space: Path, results: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """``edmgrid run SPACE -r RESULTS EXTRA…`` in a fresh interpreter (output piped)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = "from edmgrid.cli import main; main()"
+    args = ["run", str(space), "-r", str(results), *extra]
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +98,28 @@ def test_a_worker_that_dies_fails_its_job_and_is_replaced(tmp_path: Path) -> Non
     assert "exit code 9" in died["error"][0]
     blocked = store.query("SELECT error_type FROM runs WHERE status = 'failed'")
     assert set(blocked["error_type"]) == {"TrainingFailed"}
+
+
+def test_workers_that_cannot_start_stop_the_run_instead_of_failing_every_job(
+    tmp_path: Path,
+) -> None:
+    # a script without the `if __name__ == "__main__"` guard: each worker re-runs it and dies
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from fake_training import toy_space\n"
+        "from edmgrid.run.executors import LocalExecutor\n"
+        "from edmgrid.run.runner import run_space\n"
+        "from edmgrid.run.store import Store\n"
+        f"folder = Path({str(tmp_path)!r})\n"
+        "space = toy_space(folder, 'a', {'sampler.timesteps.num_steps': [2, 3]})\n"
+        "run_space(space, Store(folder / 'r'), executor=LocalExecutor(workers=1))\n"
+    )
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    assert "worker 0 exited (code 1) before it could run a job" in proc.stderr
+    assert not list((tmp_path / "r" / "runs").glob("*.parquet"))

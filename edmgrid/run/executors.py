@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import signal
 import threading
 import time
@@ -38,11 +37,11 @@ PROGRESS_EVERY_S = 0.2
 @dataclass(frozen=True)
 class Event:
     """What a worker tells the driver; ``row`` comes with ``finished``, ``device`` with
-    ``started``."""
+    ``started`` (``ready``: a local worker has started up and waits for tasks)."""
 
     worker: int
     task: str
-    kind: Literal["started", "progress", "finished"]
+    kind: Literal["ready", "started", "progress", "finished"]
     done: int = 0
     total: int = 0
     device: str = ""
@@ -192,8 +191,8 @@ def _watch_driver(driver: int) -> None:
     threading.Thread(target=watch, name="edmgrid-driver-watch", daemon=True).start()
 
 
-def _worker(slot: WorkerSlot, root: str, inbox: Any, outbox: Any, driver: int) -> None:
-    """A local worker process: run tasks from ``inbox`` until it yields None."""
+def _worker(slot: WorkerSlot, root: str, tasks: Any, events: Any, driver: int) -> None:
+    """A local worker process: run the tasks received on ``tasks`` until None arrives."""
     if slot.cuda is not None:
         # read by CUDA when it initialises, which torch defers to the first CUDA call
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.cuda
@@ -202,17 +201,32 @@ def _worker(slot: WorkerSlot, root: str, inbox: Any, outbox: Any, driver: int) -
     import torch
 
     torch.set_num_threads(slot.threads)
-    while (task := inbox.get()) is not None:
-        row = _execute(task, root, slot.index, outbox.put)
-        outbox.put(Event(slot.index, task.name, "finished", row=row))
+    events.send(Event(slot.index, "", "ready"))
+    while (task := tasks.recv()) is not None:
+        row = _execute(task, root, slot.index, events.send)
+        events.send(Event(slot.index, task.name, "finished", row=row))
 
 
 #: Imported once by the fork server, so that each worker starts in milliseconds.
 PRELOAD = ["edmgrid.run.jobs", "edmgrid.engine.evaluate"]
 
 
+@dataclass
+class _Process:
+    """A running worker: its process, its two pipe ends, whether it got ready."""
+
+    proc: Any
+    tasks: Any
+    events: Any
+    ready: bool = False
+
+
 class LocalExecutor:
-    """A pool of worker processes on this machine, one per device (``--executor local``)."""
+    """A pool of worker processes on this machine, one per device (``--executor local``).
+
+    Each worker has its own pair of pipes, written synchronously: a worker that dies (killed,
+    out of memory) can only break its own channel, never a lock another worker needs.
+    """
 
     def __init__(
         self,
@@ -224,10 +238,8 @@ class LocalExecutor:
         self.slots = assign_devices(devices, workers, gpus(), os.cpu_count() or 1, threads)
         self.root = ""
         self.emit: Emit = lambda event: None
-        self.procs: dict[int, Any] = {}
-        self.inboxes: dict[int, Any] = {}
+        self.workers: dict[int, _Process] = {}
         self.busy: dict[int, Task] = {}
-        self.outbox: Any = None
 
     def open(self, root: Path, emit: Emit) -> None:
         import multiprocessing
@@ -235,67 +247,86 @@ class LocalExecutor:
         self.root, self.emit = str(root), emit
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(PRELOAD)
-        self.outbox = self.ctx.Queue()
 
     def free(self) -> list[int]:
         return [s.index for s in self.slots if s.index not in self.busy]
 
-    def _start(self, slot: WorkerSlot) -> None:
-        inbox = self.ctx.Queue()
+    def _start(self, slot: WorkerSlot) -> _Process:
+        task_r, task_w = self.ctx.Pipe(duplex=False)
+        event_r, event_w = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=_worker,
-            args=(slot, self.root, inbox, self.outbox, os.getpid()),
+            args=(slot, self.root, task_r, event_w, os.getpid()),
             name=f"edmgrid-worker-{slot.index}",
             daemon=True,
         )
         proc.start()
-        self.procs[slot.index], self.inboxes[slot.index] = proc, inbox
+        task_r.close()  # the worker's ends: once it exits, reading its events gives EOF
+        event_w.close()
+        return _Process(proc, task_w, event_r)
 
     def submit(self, task: Task, worker: int) -> None:
-        if worker not in self.procs:
-            self._start(self.slots[worker])
+        if worker not in self.workers:
+            self.workers[worker] = self._start(self.slots[worker])
         self.busy[worker] = task
-        self.inboxes[worker].put(task)
+        with contextlib.suppress(OSError):  # a dead worker is found and reported by poll
+            self.workers[worker].tasks.send(task)
 
     def poll(self, timeout: float) -> None:
-        events: list[Event] = []
-        try:
-            events.append(self.outbox.get(timeout=timeout))
-            while True:
-                events.append(self.outbox.get_nowait())
-        except queue.Empty:
-            pass
-        for event in events:
-            if event.kind == "finished":
-                self.busy.pop(event.worker, None)
-            self.emit(event)
+        from multiprocessing.connection import wait
+
+        readable = wait([w.events for w in self.workers.values()], timeout)
+        for worker in list(self.workers.values()):
+            if worker.events not in readable:
+                continue
+            try:
+                while worker.events.poll():
+                    self._deliver(worker, worker.events.recv())
+            except (EOFError, OSError):  # it exited: _reap below says how
+                worker.proc.join(1.0)
         self._reap()
 
+    def _deliver(self, worker: _Process, event: Event) -> None:
+        if event.kind == "ready":
+            worker.ready = True
+            return
+        if event.kind == "finished":
+            self.busy.pop(event.worker, None)
+        self.emit(event)
+
     def _reap(self) -> None:
-        """A worker that died mid-task (killed, out of memory) fails its task and is replaced."""
+        """A worker that died mid-task (killed, out of memory) fails its task and is replaced;
+        one that died before it could run anything is an error of the setup, not of a job."""
         from edmgrid.run.jobs import record_failed
         from edmgrid.run.store import Store
 
-        for worker, task in list(self.busy.items()):
-            proc = self.procs[worker]
-            if proc.is_alive():
+        for index, worker in list(self.workers.items()):
+            if worker.proc.is_alive():
                 continue
-            del self.busy[worker], self.procs[worker], self.inboxes[worker]
-            message = f"worker {worker} died (exit code {proc.exitcode}) while running the job"
-            row = record_failed(task, Store(self.root), message, "WorkerDied", None)
-            self.emit(Event(worker, task.name, "finished", row=row))
+            del self.workers[index]
+            task = self.busy.pop(index, None)
+            if not worker.ready:
+                raise EdmgridError(
+                    f"worker {index} exited (code {worker.proc.exitcode}) before it could run "
+                    "a job; its error is above"
+                )
+            if task is not None:
+                code = worker.proc.exitcode
+                message = f"worker {index} died (exit code {code}) while running the job"
+                row = record_failed(task, Store(self.root), message, "WorkerDied", None)
+                self.emit(Event(index, task.name, "finished", row=row))
 
     def close(self, wait: bool = True) -> None:
-        for inbox in self.inboxes.values():
-            inbox.put(None)
+        for worker in self.workers.values():
+            with contextlib.suppress(OSError):
+                worker.tasks.send(None)
         deadline = time.monotonic() + (10.0 if wait else 0.0)
-        for proc in self.procs.values():
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(1.0)
-        self.procs.clear()
-        self.inboxes.clear()
+        for worker in self.workers.values():
+            worker.proc.join(max(0.0, deadline - time.monotonic()))
+            if worker.proc.is_alive():
+                worker.proc.terminate()
+                worker.proc.join(1.0)
+        self.workers.clear()
         self.busy.clear()
 
 
@@ -373,6 +404,9 @@ class RayExecutor:
         from edmgrid.run.jobs import record_failed
         from edmgrid.run.store import Store
 
+        if not self.running:  # only waiting on another run's claims
+            time.sleep(timeout)
+            return
         ready, _ = ray.wait(list(self.running), num_returns=1, timeout=timeout)
         if ready:
             ready, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)

@@ -83,11 +83,9 @@ class Trainer(Protocol):
 
 @dataclass(frozen=True)
 class EngineTrainer:
-    """The real trainer: ``edmgrid.engine.train``, imported only for models that train."""
+    """The real trainer: ``edmgrid.engine.train`` (imported when first used)."""
 
     def key(self, job: JobSpec) -> str | None:
-        if job.model.kind != "trained":
-            return None
         from edmgrid.engine.train import training_key
 
         return training_key(job)

@@ -202,11 +202,9 @@ class Store:
     def finished(self, name: str, fingerprint: str) -> list[str] | None:
         """The job ids of space ``name`` when it was recorded with ``fingerprint`` and every
         one of them is done; else None. Needs neither torch nor the space's expansion."""
-        if Path(name).name != name or name.startswith("."):
-            return None
         try:
-            record = json.loads((self.root / "spaces" / f"{name}.json").read_text())
-        except (OSError, ValueError):
+            record = json.loads(self.space_path(name).read_text())
+        except (SpecError, OSError, ValueError):
             return None
         if record.get("fingerprint") != fingerprint:
             return None
