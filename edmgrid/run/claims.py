@@ -62,11 +62,11 @@ class Claims:
         """Whether the claim at ``path`` belongs to a dead run (False once it is gone)."""
         try:
             age = time.time() - path.stat().st_mtime
-            owner = json.loads(path.read_text() or "{}")
+            owner = json.loads(path.read_text())
         except FileNotFoundError:
             return False
         except (OSError, ValueError):
-            return True  # unreadable: a claim cut short by a crash
+            return True  # empty or cut short: its run died writing it (``acquire`` holds a lock)
         if age > STALE_AFTER_S:
             return True
         return owner.get("host") == self.host and not pid_alive(int(owner.get("pid", 0)))
@@ -123,9 +123,10 @@ class Claims:
 
 
 def sweep(root: Path) -> int:
-    """Delete every claim and ``*.tmp`` file under ``root`` (only safe with no live run)."""
+    """Delete every claim and ``*.tmp`` file (and a DuckDB ``*.tmp.wal`` beside one) under
+    ``root`` (only safe with no live run)."""
     removed = 0
-    for pattern in ("claims/*.claim", "**/*.tmp"):
+    for pattern in ("claims/*.claim", "**/*.tmp", "**/*.tmp.wal"):
         for path in root.glob(pattern):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
