@@ -91,16 +91,18 @@ def _burn(seconds_hint: float) -> float:
 
 def parallel_ceiling(tiny: bool) -> float:
     """How much faster two processes finish two equal CPU jobs than one process on this
-    machine now: the most any 2-worker run can gain while others share the cores."""
+    machine now: the most any 2-worker run can gain while others share the cores. The one-
+    process time is the mean of a run before and a run after the pair (load drifts)."""
     import multiprocessing
 
     hint = 0.5 if tiny else 2.0
-    one = _burn(hint)
     with multiprocessing.get_context("forkserver").Pool(2) as pool:
+        alone = [pool.apply(_burn, (hint,))]
         start = time.perf_counter()
-        pool.map(_burn, [hint, hint])
-        two = time.perf_counter() - start
-    return 2 * one / two
+        pool.map(_burn, [hint, hint], chunksize=1)
+        pair = time.perf_counter() - start
+        alone.append(pool.apply(_burn, (hint,)))
+    return 2 * statistics.mean(alone) / pair
 
 
 def timed_run(space: Path, results: Path, workers: int, threads: int) -> float:

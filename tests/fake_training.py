@@ -36,13 +36,15 @@ class FakeTrainer:
     As the real trainer, it reads an existing checkpoint back instead of training again.
     Every training appends ``<key> <pid>`` to ``log`` when it starts and ``<key> <pid> done``
     once its checkpoint is written; ``fail``/``die`` name a toy2d mixture whose training raises
-    / kills its own process.
+    / kills its own process; with ``rendezvous`` = n, a training finishes only once n trainings
+    have started (so n must run at once, whatever the machine's load).
     """
 
     log: str
     seconds: float = 0.0
     fail: str | None = None
     die: str | None = None
+    rendezvous: int = 0
 
     def key(self, job: JobSpec) -> str | None:
         return content_hash(job.data.model_dump(mode="json"))
@@ -60,6 +62,11 @@ class FakeTrainer:
         mixture = getattr(job.data, "mixture", None)
         if mixture == self.die:
             os._exit(9)
+        deadline = time.monotonic() + 120
+        while len(self.trainings()) < self.rendezvous:
+            if time.monotonic() > deadline:
+                raise JobError(f"only {len(self.trainings())} of {self.rendezvous} trainings ran")
+            time.sleep(0.05)
         for step in range(1, 5):
             time.sleep(self.seconds / 4)
             if progress:

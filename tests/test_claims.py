@@ -48,14 +48,6 @@ def test_a_claim_of_a_dead_process_on_this_host_is_taken_over(tmp_path: Path) ->
     assert owner["pid"] == os.getpid()
 
 
-def test_an_empty_claim_of_a_run_killed_while_writing_it_is_taken_over(tmp_path: Path) -> None:
-    claims = Claims(tmp_path)
-    claims.dir.mkdir()
-    claims.path("abc").touch()  # created, then killed before its owner was written
-    assert not claims.taken("abc")
-    assert claims.acquire("abc")
-
-
 def test_a_claim_from_another_host_is_stale_only_once_its_heartbeat_is_old(
     tmp_path: Path,
 ) -> None:
@@ -103,3 +95,10 @@ def test_a_run_beside_a_live_one_sweeps_nothing(tmp_path: Path) -> None:
         with active_run(tmp_path) as alone:
             assert not alone
         assert tmp.exists()
+
+
+def test_an_empty_claim_left_by_a_crash_is_stale(tmp_path: Path) -> None:
+    claims = Claims(tmp_path)
+    claims.path("abc").parent.mkdir(parents=True)
+    claims.path("abc").write_text("")
+    assert claims.acquire("abc")

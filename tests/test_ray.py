@@ -39,7 +39,7 @@ def test_two_trainings_run_at_once_on_distinct_gpus(cluster: Any, tmp_path: Path
     grid = {"data.mixture": ["ring8", "grid25"], "sampler.timesteps.num_steps": [2, 3]}
     space = toy_space(tmp_path, "a", grid)
     store = Store(tmp_path / "r")
-    trainer = FakeTrainer(log=str(tmp_path / "log"), seconds=3.0)
+    trainer = FakeTrainer(log=str(tmp_path / "log"), seconds=0.5, rendezvous=2)
     summary = run_space(space, store, executor=RayExecutor(), trainer=trainer)
     assert summary.ok and summary.counts["done"] == 2 + 4
     trainings = store.query("SELECT device, started_at, created_at FROM trainings")

@@ -7,7 +7,6 @@ solution x̃(σ) = x̃(σ_0)·sqrt(c²+σ²)/sqrt(c²+σ_0²) in x̃ = x/s(t), f
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -34,12 +33,7 @@ LINEAR = {"schedule": {"name": "linear"}, "scaling": {"name": "none"}}
 VP = {"schedule": {"name": "vp"}, "scaling": {"name": "vp"}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

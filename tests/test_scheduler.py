@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from fake_training import FakeTrainer, toy_space
 
 import edmgrid.engine.evaluate
 from edmgrid.engine.metrics import FDRaw
 from edmgrid.run.executors import SerialExecutor
 from edmgrid.run.jobs import Task
-from edmgrid.run.runner import Summary, pick, plan, run_space
+from edmgrid.run.runner import Picker, Summary, model_key, plan, run_space
 from edmgrid.run.store import Store
 
 MIXTURES = {"data.mixture": ["ring8", "grid25"], "sampler.timesteps.num_steps": [2, 3]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -199,29 +193,54 @@ def test_force_reruns_evaluations_but_keeps_checkpoints(
     assert summary.counts["done"] == 4 and len(trainer.trainings()) == 2
 
 
-def _task(kind: str, key: str, steps: int, mixture: str = "ring8") -> Task:
+def _task(kind: str, key: str, steps: int, mixture: str = "ring8", **grid: list[Any]) -> Task:
+    folder = Path(tempfile.mkdtemp())
     space = toy_space(
-        Path(__import__("tempfile").mkdtemp()),
+        folder,
         "p",
-        {"data.mixture": [mixture], "sampler.timesteps.num_steps": [steps]},
+        {"data.mixture": [mixture], "sampler.timesteps.num_steps": [steps], **grid},
+        metrics=[{"name": "ode_error"}],
     )
     job = space.jobs[0]
     return Task(kind, key, job, "p", training_key=key if kind == "train" else None)  # type: ignore[arg-type]
 
 
 def test_pick_prefers_trainings_then_the_workers_model_then_the_least_similar_job() -> None:
+    picker = Picker()
     a, b = _task("evaluate", "a" * 16, 2), _task("evaluate", "b" * 16, 3, "grid25")
     train = _task("train", "c" * 16, 2)
-    columns: dict[str, dict[str, Any]] = {}
-    assert pick([a, b, train], None, [], columns) == 2
-    assert pick([a, b], None, [], columns) == 0  # nothing to tell apart: grid order
-    from edmgrid.run.runner import model_key
-
-    assert pick([a, b], model_key(b), [], columns) == 1
-    running = [columns[a.name]]
+    assert picker.pick([a, b, train], None, [], set()) == 2
+    assert picker.pick([a, b], None, [], set()) == 0  # nothing to tell apart: grid order
+    assert picker.pick([a, b], model_key(b), [], set()) == 1
     near = _task("evaluate", "d" * 16, 3)  # same data as the running job, other steps
     far = _task("evaluate", "e" * 16, 4, "grid25")
-    assert pick([near, far], None, running, columns) == 1
+    assert picker.pick([near, far], None, [a], set()) == 1
+
+
+def test_pick_avoids_jobs_that_would_wait_for_shared_work_a_running_job_is_doing() -> None:
+    picker = Picker()
+    running = _task("evaluate", "a" * 16, 8, **{"sampler.timesteps.name": ["vp"]})
+    heun = {"sampler.solver": [{"name": "heun", "S_churn": 1.0}]}
+    same_ref = _task("evaluate", "b" * 16, 16, **heun, **{"sampler.timesteps.name": ["vp"]})
+    other_ref = _task("evaluate", "c" * 16, 8, **{"sampler.timesteps.name": ["edm"]})
+    assert picker.shared_work(running) != picker.shared_work(other_ref)
+    busy = set(picker.shared_work(running))
+    assert picker.pick([same_ref, other_ref], None, [running], busy) == 1
+    # once the shared work is done, similarity decides again (other solver, churn and steps)
+    assert picker.pick([same_ref, other_ref], None, [running], set()) == 0
+
+
+def test_the_ode_reference_is_shared_across_step_counts_but_not_time_steps_or_seeds() -> None:
+    def key(**grid: list[Any]) -> str | None:
+        folder = Path(tempfile.mkdtemp())
+        job = toy_space(folder, "k", grid, metrics=[{"name": "ode_error"}]).jobs[0]
+        return job.metrics[0].shared_work(job)
+
+    assert key(**{"sampler.timesteps.num_steps": [8]}) == key(
+        **{"sampler.timesteps.num_steps": [16]}
+    )
+    assert key(**{"sampler.timesteps.name": ["vp"]}) != key(**{"sampler.timesteps.name": ["ve"]})
+    assert key(seeds=["0-7"]) != key(seeds=["8-15"])
 
 
 def test_a_recorded_space_is_finished_only_with_its_fingerprint_and_every_job_done(

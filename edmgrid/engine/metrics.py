@@ -60,6 +60,12 @@ class Metric(Choice):
     def check(self, job: JobSpec) -> None:
         """Fail before any sampling if the job cannot give this metric (default: it can)."""
 
+    def shared_work(self, job: JobSpec) -> str | None:
+        """A key of the cached work this metric shares with other jobs (computed by the first
+        job that needs it), or None. A scheduling hint: jobs that need the same work are not
+        started side by side while it is being done."""
+        return None
+
     def compute(self, ev: Evaluation) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -93,6 +99,15 @@ class ODEError(Metric):
             }
         )
 
+    def shared_work(self, job: JobSpec) -> str | None:
+        """The reference solution: one per data, model, seeds and σ range (the time steps'
+        choice and bounds, whatever the number of steps)."""
+        from edmgrid.spec.job import content_hash
+
+        timesteps = job.sampler.timesteps.model_dump(mode="json", exclude={"num_steps"})
+        dump = job.model_dump(mode="json", include={"data", "model", "seeds"})
+        return content_hash({**dump, "timesteps": timesteps, "metric": self.model_dump()})
+
     def compute(self, ev: Evaluation) -> dict[str, float]:
         reference = ev.resample(self.reference(ev.sigma_last, ev.sigma_first))
         return {"ode_error": rms_distance(ev.samples, reference)}
@@ -118,6 +133,12 @@ class FD(Metric):
     """
 
     name: Literal["fd"] = "fd"
+
+    def shared_work(self, job: JobSpec) -> str | None:
+        """The data set's classifier."""
+        from edmgrid.spec.job import content_hash
+
+        return content_hash({"fd": job.data.model_dump(mode="json")})
 
     def compute(self, ev: Evaluation) -> dict[str, float]:
         from edmgrid.engine.classifier import features, trained_classifier
@@ -158,6 +179,14 @@ class FID(Metric):
         self.extractor()
         if self.reference is not None:
             load_reference_npz(self.reference)
+
+    def shared_work(self, job: JobSpec) -> str | None:
+        """The data set's reference statistics (none to compute with a given ``reference``)."""
+        from edmgrid.spec.job import content_hash
+
+        if self.reference is not None:
+            return None
+        return content_hash({"fid": job.data.model_dump(mode="json"), "weights": self.inception})
 
     def extractor(self) -> FeatureExtractor:
         """The Inception feature extractor (a DataError at once if the weights are missing)."""

@@ -63,6 +63,8 @@ def pivot(
     check_columns(frame, [*rows, *cols, value])
     if not allow_mixed:
         check_comparable(frame, value)
+    keys = [*rows, *cols]
+    frame[keys] = frame[keys].astype(object).where(frame[keys].notna(), "default")
     table = frame.pivot_table(index=rows, columns=cols, values=value, aggfunc="mean")
     if "nfe" in frame.columns and "nfe" not in [value, *rows, *cols] and len(rows) == 1:
         nfe = frame.pivot_table(index=rows, columns=cols, values="nfe", aggfunc=["min", "max"])

@@ -28,7 +28,7 @@ from edmgrid.run.summary import Summary
 from edmgrid.spec.job import JobSpec
 from edmgrid.spec.space import Space
 
-#: How many ready tasks ``pick`` compares for each free worker.
+#: How many ready tasks ``Picker.pick`` compares for each free worker.
 PICK_WINDOW = 64
 #: Seconds between checks on tasks another run holds.
 FOREIGN_POLL_S = 1.0
@@ -100,39 +100,51 @@ def model_key(task: Task) -> str:
     return task.training_key or evaluate.model_key(task.job)
 
 
-def pick(
-    ready: list[Task],
-    last_model: str | None,
-    running: list[dict[str, Any]],
-    columns: dict[str, dict[str, Any]],
-) -> int:
-    """Index of the ready task a free worker should take next.
+class Picker:
+    """Chooses the ready task a free worker takes next; caches what it derives from tasks.
 
-    Trainings first (they unblock evaluations); then a task with the model the worker last
-    ran (one model load per worker); then the one that differs most from the running tasks
-    in its config columns, so that concurrent jobs rarely wait on the same cached work (e.g.
-    an ODE reference solution). Ties keep the grid order.
+    In order of preference: a training (it unblocks evaluations); a task that needs no shared
+    work (``Metric.shared_work``: a reference solution, a classifier) that a running task is
+    doing right now, since it would wait for it; a task of the model the worker last ran (one
+    model load per worker); the task that differs most from the running ones in its config
+    columns. Ties keep the grid order.
     """
 
-    def cols(task: Task) -> dict[str, Any]:
-        if task.name not in columns:
-            columns[task.name] = flatten(task.job.resolved())
-        return columns[task.name]
+    def __init__(self) -> None:
+        self.columns: dict[str, dict[str, Any]] = {}
+        self.shared: dict[str, frozenset[str]] = {}
 
-    def score(task: Task) -> tuple[bool, bool, int]:
-        mine = cols(task)
-        distance = (
-            min(
-                (sum(mine.get(k) != other.get(k) for k in mine.keys() | other.keys()))
-                for other in running
+    def config(self, task: Task) -> dict[str, Any]:
+        if task.name not in self.columns:
+            self.columns[task.name] = flatten(task.job.resolved())
+        return self.columns[task.name]
+
+    def shared_work(self, task: Task) -> frozenset[str]:
+        """What cached work an evaluation shares with others (a training: none)."""
+        if task.kind == "train":
+            return frozenset()
+        if task.name not in self.shared:
+            keys = [m.shared_work(task.job) for m in task.job.metrics]
+            self.shared[task.name] = frozenset(k for k in keys if k is not None)
+        return self.shared[task.name]
+
+    def pick(
+        self, ready: list[Task], last_model: str | None, running: list[Task], busy: set[str]
+    ) -> int:
+        """Index in ``ready`` of the task to take; ``busy``: shared work being done now."""
+        others = [self.config(t) for t in running]
+
+        def score(task: Task) -> tuple[bool, bool, bool, int]:
+            mine = self.config(task)
+            distance = min(
+                (sum(mine.get(k) != o.get(k) for k in mine.keys() | o.keys()) for o in others),
+                default=0,
             )
-            if running
-            else 0
-        )
-        return task.kind == "train", model_key(task) == last_model, distance
+            free = not self.shared_work(task) & busy
+            return task.kind == "train", free, model_key(task) == last_model, distance
 
-    window = ready[:PICK_WINDOW]
-    return max(range(len(window)), key=lambda i: (score(window[i]), -i))
+        window = ready[:PICK_WINDOW]
+        return max(range(len(window)), key=lambda i: (score(window[i]), -i))
 
 
 class _Display:
@@ -214,7 +226,8 @@ class _Scheduler:
         self.running: dict[str, Task] = {}
         self.foreign: dict[str, Task] = {}
         self.last_model: dict[int, str] = {}
-        self.columns: dict[str, dict[str, Any]] = {}
+        self.picker = Picker()
+        self.done_work: set[str] = set()  # shared work some finished task has done
         self.display: _Display | None = None
         for task in the_plan.evaluations:  # wait for a planned training, else ready now
             self.waiting.get(task.training_key or "", self.ready).append(task)
@@ -237,8 +250,10 @@ class _Scheduler:
                 return
 
     def take(self, worker: int) -> Task:
-        running = [self.columns.get(name, {}) for name in self.running]
-        return self.ready.pop(pick(self.ready, self.last_model.get(worker), running, self.columns))
+        running = list(self.running.values())
+        busy = {k for t in running for k in self.picker.shared_work(t)} - self.done_work
+        i = self.picker.pick(self.ready, self.last_model.get(worker), running, busy)
+        return self.ready.pop(i)
 
     def start(self, task: Task, worker: int) -> bool:
         """Claim and submit ``task``; False when it needs no worker after all."""
@@ -273,6 +288,8 @@ class _Scheduler:
     def record(self, task: Task, row: dict[str, Any]) -> None:
         """Count a finished task; a training releases its evaluations (to run or to fail)."""
         self.summary.add(row, task.name)
+        if row["status"] == "done":
+            self.done_work |= self.picker.shared_work(task)
         if task.kind == "train":
             if row["status"] != "done":
                 self.failed_trainings[task.key] = row
