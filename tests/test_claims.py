@@ -95,3 +95,10 @@ def test_a_run_beside_a_live_one_sweeps_nothing(tmp_path: Path) -> None:
         with active_run(tmp_path) as alone:
             assert not alone
         assert tmp.exists()
+
+
+def test_an_empty_claim_left_by_a_crash_is_stale(tmp_path: Path) -> None:
+    claims = Claims(tmp_path)
+    claims.path("abc").parent.mkdir(parents=True)
+    claims.path("abc").write_text("")
+    assert claims.acquire("abc")

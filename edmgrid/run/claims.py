@@ -62,14 +62,13 @@ class Claims:
         """Whether the claim at ``path`` belongs to a dead run (False once it is gone)."""
         try:
             age = time.time() - path.stat().st_mtime
-            owner = json.loads(path.read_text() or "{}")
+            owner = json.loads(path.read_text())
+            pid, host = int(owner["pid"]), owner["host"]
         except FileNotFoundError:
             return False
-        except (OSError, ValueError):
-            return True  # unreadable: a claim cut short by a crash
-        if age > STALE_AFTER_S:
-            return True
-        return owner.get("host") == self.host and not pid_alive(int(owner.get("pid", 0)))
+        except (OSError, ValueError, KeyError, TypeError):
+            return True  # empty or unreadable: a claim cut short by a crash
+        return age > STALE_AFTER_S or (host == self.host and not pid_alive(pid))
 
     def acquire(self, name: str) -> bool:
         """Claim ``name``; False when a live run holds it."""
@@ -79,14 +78,17 @@ class Claims:
                 if not self.stale(path):
                     return False
                 path.unlink()
+            # held before it exists, so an interrupt from here on still releases it; under the
+            # lock no other run can create it meanwhile
+            self.held.add(name)
             body = json.dumps({"pid": self.pid, "host": self.host, "time": time.time()})
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            except FileExistsError:  # a run whose file system ignores our lock
+                self.held.discard(name)
                 return False
             with os.fdopen(fd, "w") as f:
                 f.write(body)
-        self.held.add(name)
         return True
 
     def taken(self, name: str) -> bool:
@@ -123,9 +125,10 @@ class Claims:
 
 
 def sweep(root: Path) -> int:
-    """Delete every claim and ``*.tmp`` file under ``root`` (only safe with no live run)."""
+    """Delete every claim and ``*.tmp`` file (and a DuckDB ``*.tmp.wal`` beside one) under
+    ``root`` (only safe with no live run)."""
     removed = 0
-    for pattern in ("claims/*.claim", "**/*.tmp"):
+    for pattern in ("claims/*.claim", "**/*.tmp", "**/*.tmp.wal"):
         for path in root.glob(pattern):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
