@@ -192,6 +192,37 @@ def test_sigkilled_study_keeps_its_finished_trials_and_a_rerun_completes_it(
     assert [stored[t.user_attrs["job_id"]] for t in s.trials] == [t.value for t in s.trials]
 
 
+@pytest.mark.slow
+def test_a_study_sigkilled_five_times_at_random_moments_keeps_every_finished_trial(
+    space, results, monkeypatch
+):
+    args = ["--space", space, "-r", results, "--trials", 30, "--sampler", "random", *FAST]
+    seed = random.randrange(2**32)
+    rng, kept, landed, after = random.Random(seed), [], 0, []
+    journal = journal_path(Store(results))
+    for _ in range(5):
+        size = journal.stat().st_size if journal.exists() else 0
+        proc = edmgrid("optuna-churn", "-x", "serial", *args)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and (journal.stat().st_size if journal.exists() else 0) == size:
+            assert time.monotonic() < deadline, "the driver never wrote to the journal"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 4.0))  # once it writes: creating the study, or its trials
+        landed += proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        if journal.exists() and journal.stat().st_size:  # the study was created
+            now = finished(study(results))
+            assert now[: len(kept)] == kept, f"seed {seed}: finished trials changed"
+            kept = now
+        after.append(len(kept))
+    print(f"{landed} of 5 kills landed mid-run; trials finished after each: {after} (seed {seed})")
+    assert cli(monkeypatch, *args) == 0
+    s = study(results)
+    assert finished(s)[: len(kept)] == kept and len(finished(s)) == 30
+    assert {t.state for t in s.trials} == {TrialState.COMPLETE}
+
+
 def test_a_study_cut_short_while_it_was_created_is_set_up_by_the_next_run(results, monkeypatch):
     real, calls = optuna.Study.set_user_attr, []
 

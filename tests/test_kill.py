@@ -8,7 +8,9 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -110,3 +112,21 @@ def test_twenty_sigkills_at_random_moments_in_five_stores(tmp_path: Path) -> Non
     landed = sum(kill_repeatedly(tmp_path / str(n), kills, rng, 3.0) for n in range(5))
     print(f"{landed} of 20 kills landed mid-run (seed {seed})")
     assert landed >= 10, f"seed {seed}: only {landed} of 20 kills landed mid-run"
+
+
+def test_a_no_op_run_after_a_kill_removes_its_leftovers_and_makes_the_database(
+    tmp_path: Path, cli: Callable[..., Any]
+) -> None:
+    space = toy_space(tmp_path, "n", {"sampler.timesteps.num_steps": [2, 3]}, seeds="0-3")
+    results = tmp_path / "results"
+    run = ["run", space.source, "-r", results, "-x", "serial"]
+    assert cli(*run).code == 0
+    # what a run killed after its last row leaves: its claim, a temporary file, no database
+    (results / "claims" / f"{space.jobs[0].job_id}.claim").write_text('{"pid": 1, "host": "h"}')
+    (results / "runs" / ".x.parquet.abc.tmp").write_bytes(b"partial")
+    Store(results).db_path.unlink()
+    again = cli(*run)
+    assert again.code == 0 and "│ 0    │ 2       │ 0" in again.out  # the no-op path
+    assert not list(results.rglob("*.tmp")) and not list((results / "claims").glob("*.claim"))
+    with duckdb.connect(str(Store(results).db_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (2,)
