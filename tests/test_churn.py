@@ -182,7 +182,7 @@ def test_sigkilled_study_keeps_its_finished_trials_and_a_rerun_completes_it(
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(30) == -signal.SIGKILL, "the study finished before it was killed"
     kept = finished(study(results))
-    assert len(kept) >= 2
+    assert len(kept) >= 1  # a second row means the first trial was told (serial executor)
     assert cli(monkeypatch, *args) == 0
     s = study(results)
     assert finished(s)[: len(kept)] == kept and len(finished(s)) == 10
