@@ -186,8 +186,14 @@ def run(
     if text is not None and fingerprint is not None and not force:
         finished = _finished_jobs(text, store, fingerprint)
         if finished is not None:
+            from edmgrid.run.claims import active_run
             from edmgrid.run.summary import Summary
 
+            # alone, it removes what a killed run left (claims, *.tmp), and makes the database
+            # of a run killed before it wrote one
+            with active_run(store.root):
+                if not store.db_path.exists():
+                    store.refresh_db()
             summary = Summary(counts=Counter(skipped=finished))
             summary.wall = time.perf_counter() - start
             _print_summary(summary)

@@ -1,12 +1,18 @@
-"""``edmgrid optuna-churn``: a short study on the analytic denoiser, resume, bad input."""
+"""``edmgrid optuna-churn``: a short study on the analytic denoiser, resume (after an interrupt
+or a SIGKILL), bad input."""
 
 from __future__ import annotations
 
 import math
+import random
+import signal
+import subprocess
 import sys
+import time
 
 import optuna
 import pytest
+from fake_training import edmgrid
 from optuna.trial import TrialState
 
 from edmgrid.cli import main
@@ -15,6 +21,7 @@ from edmgrid.errors import EdmgridError, SpecError
 from edmgrid.run import churn, jobs
 from edmgrid.run.churn import (
     ChurnSearch,
+    JournalLock,
     Options,
     Settings,
     driver_lock,
@@ -160,6 +167,98 @@ def test_interrupted_study_keeps_finished_trials_and_finishes_the_running_one(re
     assert finished(s)[:2] == kept and len(finished(s)) == 4 == report.trials
     assert s.trials[2].state == TrialState.COMPLETE and s.trials[2].params == interrupted
     assert calls[3].job_id == calls[2].job_id  # the stale trial ran again, first
+
+
+def test_sigkilled_study_keeps_its_finished_trials_and_a_rerun_completes_it(
+    space, results, monkeypatch
+):
+    args = ["--space", space, "-r", results, "--trials", 10, "--sampler", "random", *FAST]
+    proc = edmgrid("optuna-churn", "-x", "serial", *args)
+    deadline = time.monotonic() + 120
+    while len(list((results / "runs").glob("*.parquet"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL, "the study finished before it was killed"
+    kept = finished(study(results))
+    assert len(kept) >= 1  # a second row means the first trial was told (serial executor)
+    assert cli(monkeypatch, *args) == 0
+    s = study(results)
+    assert finished(s)[: len(kept)] == kept and len(finished(s)) == 10
+    assert {t.state for t in s.trials} == {TrialState.COMPLETE}
+    rows = Store(results).query("SELECT job_id, fd_raw FROM runs WHERE stage = 'search'")
+    stored = dict(zip(rows["job_id"], rows["fd_raw"], strict=True))
+    assert [stored[t.user_attrs["job_id"]] for t in s.trials] == [t.value for t in s.trials]
+
+
+@pytest.mark.slow
+def test_a_study_sigkilled_five_times_at_random_moments_keeps_every_finished_trial(
+    space, results, monkeypatch
+):
+    args = ["--space", space, "-r", results, "--trials", 30, "--sampler", "random", *FAST]
+    seed = random.randrange(2**32)
+    rng, kept, landed, after = random.Random(seed), [], 0, []
+    journal = journal_path(Store(results))
+    for _ in range(5):
+        size = journal.stat().st_size if journal.exists() else 0
+        proc = edmgrid("optuna-churn", "-x", "serial", *args)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and (journal.stat().st_size if journal.exists() else 0) == size:
+            assert time.monotonic() < deadline, "the driver never wrote to the journal"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 4.0))  # once it writes: creating the study, or its trials
+        landed += proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        if journal.exists() and journal.stat().st_size:  # the study was created
+            now = finished(study(results))
+            assert now[: len(kept)] == kept, f"seed {seed}: finished trials changed"
+            kept = now
+        after.append(len(kept))
+    print(f"{landed} of 5 kills landed mid-run; trials finished after each: {after} (seed {seed})")
+    assert cli(monkeypatch, *args) == 0
+    s = study(results)
+    assert finished(s)[: len(kept)] == kept and len(finished(s)) == 30
+    assert {t.state for t in s.trials} == {TrialState.COMPLETE}
+
+
+def test_a_study_cut_short_while_it_was_created_is_set_up_by_the_next_run(results, monkeypatch):
+    real, calls = optuna.Study.set_user_attr, []
+
+    def killed_on_the_second(self, key, value):
+        calls.append(key)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(self, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", killed_on_the_second)
+    settings, options = Settings(base_job(), "fd_raw", 16), Options(trials=2, final_samples=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_churn(Store(results), settings, options, log=lambda line: None)
+    monkeypatch.setattr(optuna.Study, "set_user_attr", real)
+    assert study(results).user_attrs.keys() == {"base_job"}
+    run_churn(Store(results), settings, options, log=lambda line: None)
+    s = study(results)
+    assert [t.user_attrs["role"] for t in s.trials] == ["paper", "deterministic"]
+    assert {t.state for t in s.trials} == {TrialState.COMPLETE}
+    assert Settings.from_attrs(s.user_attrs).key == settings.key
+
+
+def test_the_journal_lock_of_a_killed_driver_is_free_at_once(tmp_path):
+    path = tmp_path / "journal.flock"
+    code = (
+        "import time; from pathlib import Path; from edmgrid.run.churn import JournalLock; "
+        f"JournalLock(Path({str(path)!r})).acquire(); print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(30)
+    lock = JournalLock(path)
+    start = time.monotonic()
+    assert lock.acquire() and time.monotonic() - start < 5  # Optuna's own lock file: 30 s
+    lock.release()
 
 
 class LastInFirstOut:

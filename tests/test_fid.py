@@ -347,13 +347,15 @@ def test_reference_cache_key_depends_on_images_and_extractor(tmp_path: Path) -> 
     assert other_net.calls == 1
 
 
-def test_damaged_reference_cache_is_recomputed(tmp_path: Path) -> None:
-    images, ext = _dataset(), _CountingExtractor()
-    mu, _, key = reference_statistics(images, ext, tmp_path)
-    (tmp_path / f"fid-ref-{key}.npz").write_bytes(b"truncated")
-    mu2, _, _ = reference_statistics(images, ext, tmp_path)
+def test_damaged_reference_cache_is_quarantined_and_recomputed(tmp_path: Path) -> None:
+    images, ext, cache = _dataset(), _CountingExtractor(), tmp_path / "cache"
+    mu, _, key = reference_statistics(images, ext, cache)
+    (cache / f"fid-ref-{key}.npz").write_bytes(b"truncated")
+    mu2, _, _ = reference_statistics(images, ext, cache)
     assert ext.calls == 2
     np.testing.assert_array_equal(mu2, mu)
+    quarantined = tmp_path / "quarantine" / "cache" / f"fid-ref-{key}.npz"
+    assert quarantined.read_bytes() == b"truncated"
 
 
 def test_fid_from_images_is_zero_against_own_statistics_and_positive_otherwise() -> None:

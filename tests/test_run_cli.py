@@ -15,15 +15,19 @@ from edmgrid.run.store import Store
 
 @pytest.mark.parametrize("executor", ["serial", "local"])
 def test_the_cli_exits_1_with_a_summary_when_a_job_fails(tmp_path: Path, executor: str) -> None:
-    # a job whose metric is not finite fails; the other one is done
+    # a job whose sampler overflows fails (instead of storing a NaN metric); the other is done
     space = toy_space(tmp_path, "f", {"sampler.timesteps.sigma_max": [80.0, 1e300]}, seeds="0-3")
     proc = edmgrid_run(Path(space.source), tmp_path / "r", "-x", executor)
     out, _ = proc.communicate(timeout=120)
     text = out.decode()
     assert proc.returncode == 1, text
     assert "failed" in text and "traceback:" in text
-    rows = Store(tmp_path / "r").query("SELECT status FROM runs ORDER BY status")
+    rows = Store(tmp_path / "r").query(
+        "SELECT status, error, fd_raw IS NULL AS no_metric FROM runs ORDER BY status"
+    )
     assert list(rows["status"]) == ["done", "failed"]
+    assert list(rows["no_metric"]) == [False, True]
+    assert rows["error"][1] == "sampler produced non-finite values in 4 of 4 samples"
 
 
 def test_a_no_op_rerun_of_an_unchanged_space_does_not_import_torch(tmp_path: Path) -> None:

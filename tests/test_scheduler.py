@@ -11,6 +11,7 @@ import pytest
 from fake_training import FakeTrainer, toy_space
 
 import edmgrid.engine.evaluate
+from edmgrid.engine.metrics import FDRaw
 from edmgrid.run.executors import SerialExecutor
 from edmgrid.run.jobs import Task
 from edmgrid.run.runner import Picker, Summary, model_key, plan, run_space
@@ -130,6 +131,17 @@ def test_a_job_that_raises_leaves_a_failed_row_and_the_others_finish(
     monkeypatch.setattr(edmgrid.engine.evaluate, "evaluate", real)
     again = run(space, store)
     assert again.executed == [bad] and again.ok
+
+
+def test_a_metric_that_is_not_finite_fails_its_job_instead_of_storing_nan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FDRaw, "compute", lambda self, ev: {"fd_raw": float("nan")})
+    store = Store(tmp_path / "r")
+    summary = run(toy_space(tmp_path, "a", {}), store)
+    assert summary.counts["failed"] == 1
+    (row,) = store.query("SELECT * FROM runs").to_dict("records")
+    assert row["error"] == "metric fd_raw is not finite (nan)" and "fd_raw" not in row
 
 
 def test_two_concurrent_runs_on_one_store_split_the_work(

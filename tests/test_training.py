@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fake_training import toy_space
 
 from edmgrid.engine import train as train_mod
 from edmgrid.engine.train import checkpoint_path, train, training_key, update_ema
 from edmgrid.errors import JobError
+from edmgrid.run.executors import SerialExecutor
+from edmgrid.run.runner import run_space
+from edmgrid.run.store import Store
 from edmgrid.spec.job import JobSpec
 from edmgrid.spec.space import resolve_presets
 from edmgrid.spec.table2 import table2
@@ -107,6 +111,37 @@ def test_diverging_training_fails_with_step_and_last_finite_loss(tmp_path):
     with pytest.raises(JobError, match=r"non-finite loss at step 0"):
         train(bad, tmp_path)
     assert not checkpoint_path(tmp_path, training_key(bad)).exists()
+
+
+#: A toy2d model whose learning rate of 1e30 overflows the loss at step 2.
+DIVERGING = {
+    "kind": "trained",
+    "network": {"arch": "mlp", "hidden": 8, "depth": 1},
+    "training": {"duration_kimg": 0.064, "batch_size": 16, "lr": 1e30, "lr_rampup_kimg": 0},
+}
+
+
+def test_training_that_diverges_later_fails_with_its_step_and_last_finite_loss(tmp_path):
+    config = {"data": {"name": "toy2d"}, "model": DIVERGING, "metrics": [{"name": "fd_raw"}]}
+    bad = JobSpec.model_validate(config)
+    message = r"non-finite loss at step 2 \(image 32\); last finite loss \d+\.\d+$"
+    with pytest.raises(JobError, match=message):
+        train(bad, tmp_path)
+    assert not checkpoint_path(tmp_path, training_key(bad)).exists()
+
+
+def test_a_run_with_a_diverging_training_stores_failed_rows_that_say_why(tmp_path):
+    space = toy_space(tmp_path, "d", {}, model=DIVERGING)
+    store = Store(tmp_path / "r")
+    summary = run_space(space, store, executor=SerialExecutor())
+    assert summary.counts["failed"] == 2  # the training and its evaluation
+    (training,) = store.query("SELECT status, error FROM trainings").to_dict("records")
+    assert training["status"] == "failed"
+    assert training["error"].startswith("training diverged: non-finite loss at step 2 ")
+    (row,) = store.query("SELECT * FROM runs").to_dict("records")
+    assert row["error_type"] == "TrainingFailed" and training["error"] in row["error"]
+    assert "fd_raw" not in row  # no metric stored
+    assert not list((store.cache / "checkpoints").glob("*.pt"))
 
 
 def test_ema_follows_official_halflife_and_rampup():

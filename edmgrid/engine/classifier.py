@@ -48,7 +48,7 @@ def features(classifier: nn.Sequential, x: Tensor, batch: int = 1024) -> np.ndar
 
 def trained_classifier(dataset: Dataset, cache_dir: Path) -> nn.Sequential:
     """Train (or load from the cache) the data set's feature classifier."""
-    from edmgrid.run.store import atomic_write
+    from edmgrid.run.store import atomic_write, load_cached
 
     if dataset.labels is None or dataset.label_dim < 2:
         raise DataError(
@@ -57,8 +57,9 @@ def trained_classifier(dataset: Dataset, cache_dir: Path) -> nn.Sequential:
     path = cache_dir / "classifiers" / f"{dataset.digest}-v{CLASSIFIER_VERSION}.pt"
     torch.manual_seed(0)
     classifier = make_classifier(dataset)
-    if path.exists():
-        classifier.load_state_dict(torch.load(path, weights_only=True))
+    state = load_cached(path, cache_dir)
+    if state is not None:
+        classifier.load_state_dict(state)
         return classifier.eval()
     gen = torch.Generator().manual_seed(0)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=2e-3)

@@ -15,7 +15,7 @@ from edmgrid.engine.denoiser import Denoiser, label_dim
 from edmgrid.engine.metrics import Evaluation
 from edmgrid.engine.sample import CountingDenoiser, SeedRNG, plan, sample
 from edmgrid.errors import JobError
-from edmgrid.run.store import atomic_write, file_lock
+from edmgrid.run.store import atomic_write, file_lock, load_cached
 from edmgrid.spec.job import JobSpec, content_hash
 from edmgrid.spec.sampler import SamplerSpec
 
@@ -83,12 +83,13 @@ def cached_samples(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tens
     """Samples cached on disk by the content hash of ``key`` (reference solutions).
 
     Computed once under a file lock: concurrent workers that need the same samples wait for
-    the first one instead of repeating its work.
+    the first one instead of repeating its work. An unreadable file is quarantined and made again.
     """
     path = cache_dir / "samples" / f"{content_hash(key)}.pt"
     with file_lock(path.with_name(f"{path.name}.lock")):
-        if path.exists():
-            return torch.load(path, weights_only=True)
+        cached: Tensor | None = load_cached(path, cache_dir)
+        if cached is not None:
+            return cached
         x = make()
         atomic_write(path, lambda tmp: torch.save(x, tmp))
     return x

@@ -550,21 +550,23 @@ def reference_statistics(
     """(μ, Σ, key) of the features of all dataset ``images`` (uint8 [N, C, H, W], no flips).
 
     Cached as ``cache_dir/fid-ref-<key>.npz`` with ``mu``/``sigma``, where ``key`` hashes the
-    image bytes and shape with ``extractor.extractor_id``; a cache hit runs no network.
+    image bytes and shape with ``extractor.extractor_id``; a cache hit runs no network, and a
+    damaged cache entry is quarantined and computed again.
     """
+    from edmgrid.run.store import atomic_write, read_or_quarantine
+
     key = _images_key(images, extractor)
     file = Path(cache_dir) / f"fid-ref-{key}.npz"
-    if file.is_file():
-        try:
-            return (*load_reference_npz(file), key)
-        except DataError:
-            pass  # a damaged cache entry is recomputed and rewritten below
+    cached = read_or_quarantine(file, load_reference_npz, Path(cache_dir).parent)
+    if cached is not None:
+        return (*cached, key)
     mu, sigma = _features([images], extractor, batch_size).finish()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        np.savez(f, mu=mu, sigma=sigma)
-    os.replace(tmp, file)
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, mu=mu, sigma=sigma)
+
+    atomic_write(file, save)
     return mu, sigma, key
 
 

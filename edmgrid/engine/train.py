@@ -54,31 +54,36 @@ def build_network(model: TrainedModel, dataset: Dataset) -> PrecondDenoiser:
 
 
 def load_trained(job: JobSpec, dataset: Dataset, cache_dir: Path) -> PrecondDenoiser:
-    """The EMA network of the job's checkpoint (``weights_only`` load), in eval mode."""
+    """The EMA network of the job's checkpoint (``weights_only`` load), in eval mode; a missing
+    or unreadable (then quarantined) checkpoint is trained first."""
+    from edmgrid.run.store import load_cached
+
     assert isinstance(job.model, TrainedModel)
     key = training_key(job)
     assert key is not None
     path = checkpoint_path(cache_dir, key)
-    if not path.exists():
+    state = load_cached(path, cache_dir)
+    if state is None:
         train(job, cache_dir)
-    state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True)
     denoiser = build_network(job.model, dataset)
     denoiser.load_state_dict(state["ema"])
     return denoiser.eval().requires_grad_(False)
 
 
 def train(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Train the job's model unless its checkpoint exists; return a summary row."""
-    from edmgrid.run.store import atomic_write
+    """Train the job's model unless its checkpoint exists (and can be read); return a summary
+    row."""
+    from edmgrid.run.store import atomic_write, load_cached
 
     model = job.model
     assert isinstance(model, TrainedModel)
     key = training_key(job)
     assert key is not None
     path = checkpoint_path(cache_dir, key)
-    if path.exists():
-        meta = torch.load(path, weights_only=True)["meta"]
-        return {**meta, "cached": True}
+    cached = load_cached(path, cache_dir)
+    if cached is not None:
+        return {**cached["meta"], "cached": True}
     dataset = job.data.load()
     ema, meta = fit(model, dataset, progress)
     state = {"ema": ema.state_dict(), "meta": meta}

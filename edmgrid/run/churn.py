@@ -16,7 +16,6 @@ empty window) all run the deterministic sampler's job, so they share its row.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import warnings
 from collections import deque
@@ -34,7 +33,7 @@ from edmgrid.errors import EdmgridError, JobError, SpecError
 from edmgrid.run.claims import active_run
 from edmgrid.run.executors import Event, Executor, SerialExecutor
 from edmgrid.run.jobs import EngineTrainer, Task
-from edmgrid.run.store import Store, check_space_name
+from edmgrid.run.store import Store, check_space_name, file_lock
 from edmgrid.spec.job import JobSpec
 from edmgrid.spec.model import TrainedModel
 from edmgrid.spec.presets import SOLVER
@@ -365,16 +364,38 @@ def journal_path(store: Store) -> Path:
     return store.root / "optuna" / "journal.log"
 
 
+class JournalLock:
+    """The journal's writer lock as an ``flock``, which the kernel releases when its holder
+    dies. (Optuna's default lock is a file that a killed driver leaves behind, stalling the
+    next writer for its 30 s grace period.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.held = contextlib.ExitStack()
+
+    def acquire(self) -> bool:
+        self.held.enter_context(file_lock(self.path))
+        return True
+
+    def release(self) -> None:
+        self.held.close()
+
+
 def open_study(store: Store, name: str | None, settings: Settings | None) -> optuna.Study:
     """Load study ``name`` (checking it optimises ``settings``) or create it with the paper's
-    setting and the deterministic sampler enqueued as trials 0 and 1."""
+    setting and the deterministic sampler enqueued as trials 0 and 1.
+
+    Each step of the creation is its own journal entry; a study whose creation was cut short
+    (a killed driver) is completed here.
+    """
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     journal = journal_path(store)
     journal.parent.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    lock = JournalLock(journal.with_name("journal.flock"))
+    storage = JournalStorage(JournalFileBackend(str(journal), lock_obj=lock))  # type: ignore[arg-type]
     if name is None:
         assert settings is not None
         name = settings.default_name
@@ -384,25 +405,34 @@ def open_study(store: Store, name: str | None, settings: Settings | None) -> opt
         raise SpecError(str(e), path="--study") from None
     if name in optuna.get_all_study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
-        stored = Settings.from_attrs(study.user_attrs)
-        if settings is not None and stored.key != settings.key:
-            raise SpecError(
-                f"study {name} optimises {stored.metric} of job {stored.base.job_id} on "
-                f"{stored.num_samples} samples, not {settings.metric} of {settings.base.job_id} "
-                f"on {settings.num_samples}; pass another --study NAME"
-            )
-        return study
-    if settings is None:
+    elif settings is None:
         raise SpecError(f"no study {name!r} in {journal}; give --space or --job to start it")
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
-    for key, value in settings.attrs().items():
-        study.set_user_attr(key, value)
-    preset, _ = paper_preset(settings.base)
-    paper = dict(SOLVER[preset])
-    study.enqueue_trial(paper, user_attrs={"role": "paper"})
-    study.enqueue_trial(
-        {**paper, "S_churn": 0.0, "S_noise": 1.0}, user_attrs={"role": "deterministic"}
-    )
+    else:
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    try:
+        stored = Settings.from_attrs(study.user_attrs)
+    except KeyError:  # new, or cut short before all its settings were stored
+        if settings is None:
+            raise SpecError(
+                f"study {name!r} was cut short while it was created; give --space or --job "
+                "to set it up"
+            ) from None
+        for key, value in settings.attrs().items():
+            study.set_user_attr(key, value)
+        stored = settings
+    if settings is not None and stored.key != settings.key:
+        raise SpecError(
+            f"study {name} optimises {stored.metric} of job {stored.base.job_id} on "
+            f"{stored.num_samples} samples, not {settings.metric} of {settings.base.job_id} "
+            f"on {settings.num_samples}; pass another --study NAME"
+        )
+    roles = {t.user_attrs.get("role") for t in study.get_trials(deepcopy=False)}
+    paper = dict(SOLVER[paper_preset(stored.base)[0]])
+    if "paper" not in roles:
+        study.enqueue_trial(paper, user_attrs={"role": "paper"})
+    if "deterministic" not in roles:
+        deterministic = {**paper, "S_churn": 0.0, "S_noise": 1.0}
+        study.enqueue_trial(deterministic, user_attrs={"role": "deterministic"})
     return study
 
 
@@ -564,8 +594,8 @@ class Driver:
     def record(self) -> None:
         """Record the study as a space of every job it evaluated (kept across runs)."""
         name = self.study.study_name
-        path = self.store.space_path(name)
-        known = set(json.loads(path.read_text())["jobs"]) if path.exists() else set()
+        record = self.store.space_record(name)
+        known = set(record["jobs"]) if record is not None else set()
         trials = self.study.get_trials(deepcopy=False)
         self.jobs |= {t.user_attrs["job_id"] for t in trials if "job_id" in t.user_attrs}
         jobs = sorted((known | self.jobs) & set(self.store.job_ids()))
@@ -576,7 +606,7 @@ def prepare(settings: Settings, name: str, store: Store, pool: Pool, log: Log) -
     """Train the base job's model once (checkpoint cache), before any trial needs it."""
     trainer = EngineTrainer()
     key = trainer.key(settings.base)
-    if key is None or trainer.checkpoint(store.cache, key).exists():
+    if key is None or store.has_checkpoint(trainer.checkpoint(store.cache, key)):
         return
     log(f"training the model once (checkpoint {key})")
     pool.submit(Task("train", key, settings.base, name, trainer=trainer))

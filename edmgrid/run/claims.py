@@ -125,9 +125,10 @@ class Claims:
 
 
 def sweep(root: Path) -> int:
-    """Delete every claim and ``*.tmp`` file under ``root`` (only safe with no live run)."""
+    """Delete every claim and ``*.tmp`` file (and a DuckDB ``*.tmp.wal`` beside one) under
+    ``root`` (only safe with no live run)."""
     removed = 0
-    for pattern in ("claims/*.claim", "**/*.tmp"):
+    for pattern in ("claims/*.claim", "**/*.tmp", "**/*.tmp.wal"):
         for path in root.glob(pattern):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

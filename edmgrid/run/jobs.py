@@ -73,7 +73,8 @@ class Trainer(Protocol):
         ...
 
     def checkpoint(self, cache_dir: Path, key: str) -> Path:
-        """Where the checkpoint of training ``key`` lives; it exists once training is done."""
+        """Where the checkpoint of training ``key`` lives; it exists once training is done, as a
+        ``torch.save`` file (``Store.has_checkpoint`` checks it is whole)."""
         ...
 
     def train(self, job: JobSpec, cache_dir: Path, progress: Progress | None) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 The graph has two kinds of nodes: *train* tasks, one per distinct training config (keyed by its
 content hash, shared by every space), and *evaluate* tasks, which wait for their training (or
-for none: the analytic denoiser). A training whose checkpoint exists is done, whoever made it.
-Jobs with a row are skipped (failed ones are retried unless ``retry_failed`` is off).
+for none: the analytic denoiser). A training is done once its checkpoint is whole and its row
+written (``training_status``); a checkpoint alone, whoever made it, is read back, not trained
+again. Jobs with a row are skipped (failed ones are retried unless ``retry_failed`` is off).
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ def pending(space: Space, store: Store, force: bool, retry_failed: bool) -> list
     return todo
 
 
+def training_status(store: Store, trainer: Trainer, key: str) -> str | None:
+    """'done' when training ``key``'s checkpoint is whole and its row says done; 'failed' when
+    there is no checkpoint and its row says failed; else None: to run. (A checkpoint without a
+    done row, as a run killed between writing the two leaves, makes a quick run: the trainer
+    reads it back. A done row without a checkpoint, e.g. quarantined, trains again.)"""
+    row = store.training_status(key)
+    if store.has_checkpoint(trainer.checkpoint(store.cache, key)):
+        return "done" if row == "done" else None
+    return "failed" if row == "failed" else None
+
+
 def plan(
     space: Space,
     store: Store,
@@ -63,7 +75,7 @@ def plan(
     retry_failed: bool = True,
     train_gpus: int = 1,
 ) -> Plan:
-    """Pending evaluations and the trainings they need that have no checkpoint yet."""
+    """Pending evaluations and the trainings they need that are not done."""
     jobs = pending(space, store, force, retry_failed)
     evaluations = [Task.evaluation(j, space.name, trainer) for j in jobs]
     trains: dict[str, Task] = {}
@@ -72,10 +84,11 @@ def plan(
         key = task.training_key
         if key is None or key in trains or key in failed:
             continue
-        if trainer.checkpoint(store.cache, key).exists():
+        status = training_status(store, trainer, key)
+        if status == "done":
             continue
-        row = store.training_row(key)
-        if row is not None and row["status"] == "failed" and not retry_failed:
+        row = store.training_row(key) if status == "failed" and not retry_failed else None
+        if row is not None:
             failed[key] = row
             continue
         trains[key] = Task("train", key, task.job, space.name, trainer=trainer, gpus=train_gpus)
@@ -224,11 +237,9 @@ class _Scheduler:
         return bool(self.ready or self.running or self.foreign)
 
     def status(self, task: Task) -> str | None:
-        """The task's status in the store now (a training is done once its checkpoint is)."""
+        """The task's status in the store now (of a training: ``training_status``)."""
         if task.kind == "train":
-            if task.trainer.checkpoint(self.store.cache, task.key).exists():
-                return "done"
-            return self.store.training_status(task.key)
+            return training_status(self.store, task.trainer, task.key)
         return self.store.status(task.key)
 
     def dispatch(self) -> None:

@@ -8,10 +8,13 @@ Layout under the results directory::
     logs/<id>.txt              the traceback of a failed job or training
     claims/<id>.claim          which run is executing a job right now (see run/claims.py)
     cache/                     checkpoints, reference solutions, statistics
+    quarantine/                unreadable files moved out of the way, and ``quarantine.log``
     edmgrid.duckdb             views ``runs``, ``trainings`` and ``space_jobs`` (read with duckdb)
 
 Every file is written by ``atomic_write`` (a ``*.tmp`` sibling renamed over it), so a killed
-process leaves at most a ``*.tmp`` file, which the next run removes.
+process leaves at most a ``*.tmp`` file, which the next run removes. A file that cannot be read
+all the same (truncated or overwritten on disk) is moved to ``quarantine/`` with a one-line
+warning when it is read, and is then missing: its job or training runs again.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edmgrid.errors import EdmgridError, SpecError
 
@@ -36,6 +42,10 @@ READ_STATEMENTS = {"SELECT", "EXPLAIN"}
 #: Space names become file names under ``spaces/``: no separators, no leading dot.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 NAME_RULE = "1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
+#: The folder of a results directory that unreadable files are moved to.
+QUARANTINE = "quarantine"
+
+T = TypeVar("T")
 
 
 def check_space_name(name: str) -> str:
@@ -81,27 +91,76 @@ def _checked(key: str) -> str:
     return key
 
 
-def _status(path: Path) -> str | None:
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        return None
-    return str(pq.read_table(path, columns=["status"]).column(0)[0])
-
-
-def _read_row(path: Path) -> dict[str, Any] | None:
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        return None
-    return dict(pq.read_table(path).to_pylist()[0])
-
-
 def _write_row(path: Path, row: dict[str, Any]) -> None:
     import pandas as pd
 
     frame = pd.DataFrame([row])
     atomic_write(path, lambda tmp: frame.to_parquet(tmp))
+
+
+def quarantine(path: Path, root: Path, reason: str, seen: os.stat_result) -> None:
+    """Move the unreadable file ``path`` to ``root/quarantine/`` (keeping its path under
+    ``root``), with a one-line warning on stderr that is also appended to
+    ``quarantine/quarantine.log``.
+
+    ``seen`` is the file's stat from before it was read: a file replaced since (by a concurrent
+    writer) is not the one that failed, and stays; one already moved by another process is
+    not reported twice. A file that cannot be moved is only reported.
+    """
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return
+    if (now.st_ino, now.st_size, now.st_mtime_ns) != (seen.st_ino, seen.st_size, seen.st_mtime_ns):
+        return
+    folder = root / QUARANTINE
+    try:
+        relative = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        relative = Path(path.name)
+    dest, copies = folder / relative, 0
+    while dest.exists():
+        copies += 1
+        dest = folder / relative.with_name(f"{relative.name}.{copies}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, dest)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        sys.stderr.write(f"warning: {path} is unreadable ({reason}) and cannot be moved: {e}\n")
+        return
+    line = f"quarantined {path}: {reason} (moved to {dest})"
+    sys.stderr.write(f"warning: {line}\n")
+    with open(folder / "quarantine.log", "a") as log:
+        log.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}\n")
+
+
+def read_or_quarantine(path: Path, read: Callable[[Path], T], root: Path) -> T | None:
+    """``read(path)``, or None when the file is missing or ``read`` fails on it; a file that
+    fails is quarantined (``quarantine``), so whatever it held is made again."""
+    try:
+        seen = path.stat()
+    except FileNotFoundError:
+        return None
+    try:
+        return read(path)
+    except FileNotFoundError:
+        return None
+    except MemoryError:
+        raise
+    except Exception as e:
+        first = str(e).splitlines()[0].replace(f" '{path}'", "") if str(e) else ""
+        quarantine(path, root, f"{type(e).__name__}: {first}", seen)
+        return None
+
+
+def load_cached(path: Path, cache_dir: Path) -> Any:
+    """``torch.load`` (weights only) of a file in ``cache_dir`` (a results directory's
+    ``cache/``); None when it is missing or unreadable (then quarantined: it is made again)."""
+    import torch
+
+    return read_or_quarantine(path, lambda p: torch.load(p, weights_only=True), cache_dir.parent)
 
 
 @contextlib.contextmanager
@@ -133,34 +192,65 @@ class Store:
     def training_path(self, key: str) -> Path:
         return self.train / f"{_checked(key)}.parquet"
 
+    def _read(self, path: Path, columns: list[str] | None = None) -> dict[str, Any] | None:
+        """The one row of ``path`` (only ``columns``), or None: missing, or unreadable and then
+        quarantined."""
+        import pyarrow.parquet as pq
+
+        def read(file: Path) -> dict[str, Any]:
+            rows = pq.read_table(file, columns=columns).to_pylist()
+            if len(rows) != 1:
+                raise ValueError(f"{len(rows)} rows, not one")
+            return dict(rows[0])
+
+        return read_or_quarantine(path, read, self.root)
+
     def status(self, job_id: str) -> str | None:
         """'done', 'failed', or None when the job has no result yet."""
-        return _status(self.result_path(job_id))
+        row = self._read(self.result_path(job_id), ["status"])
+        return None if row is None else str(row["status"])
 
     def statuses(self, job_ids: list[str]) -> dict[str, str]:
-        """{job id: 'done' | 'failed'} for the jobs that have a row (one DuckDB scan)."""
+        """{job id: 'done' | 'failed'} for the jobs that have a row (one DuckDB scan; if DuckDB
+        cannot read a file, the rows are read one by one and the unreadable ones quarantined)."""
         import duckdb
 
-        paths = [p.as_posix() for p in map(self.result_path, job_ids) if p.exists()]
+        paths = [p for p in map(self.result_path, job_ids) if p.exists()]
         if not paths:
             return {}
-        with duckdb.connect() as con:
-            rows = con.execute(
-                "SELECT job_id, status FROM read_parquet(?, union_by_name = true)", [paths]
-            ).fetchall()
+        try:
+            with duckdb.connect() as con:
+                rows = con.execute(
+                    "SELECT job_id, status FROM read_parquet(?, union_by_name = true)",
+                    [[p.as_posix() for p in paths]],
+                ).fetchall()
+        except duckdb.Error:
+            read = {p.stem: self._read(p, ["status"]) for p in paths}
+            return {job: str(row["status"]) for job, row in read.items() if row is not None}
         return {str(job): str(status) for job, status in rows}
 
     def training_status(self, key: str) -> str | None:
         """'done', 'failed', or None when the training has no row yet."""
-        return _status(self.training_path(key))
+        row = self._read(self.training_path(key), ["status"])
+        return None if row is None else str(row["status"])
 
     def row(self, job_id: str) -> dict[str, Any] | None:
         """The job's row, or None."""
-        return _read_row(self.result_path(job_id))
+        return self._read(self.result_path(job_id))
 
     def training_row(self, key: str) -> dict[str, Any] | None:
         """The training's row, or None."""
-        return _read_row(self.training_path(key))
+        return self._read(self.training_path(key))
+
+    def has_checkpoint(self, path: Path) -> bool:
+        """Whether the checkpoint ``path`` exists and is a whole zip archive (``torch.save``'s
+        format; only its directory is read). A damaged one is quarantined: it is trained again."""
+
+        def whole(file: Path) -> bool:
+            with zipfile.ZipFile(file):
+                return True
+
+        return read_or_quarantine(path, whole, self.root) is not None
 
     def job_ids(self) -> list[str]:
         """The ids of every job with a stored row."""
@@ -168,12 +258,10 @@ class Store:
 
     def config(self, job_id: str) -> dict[str, Any]:
         """The resolved job config stored in a job's row (to re-create the job)."""
-        import pyarrow.parquet as pq
-
-        path = self.result_path(job_id)
-        if not path.exists():
+        row = self._read(self.result_path(job_id), ["config_json"])
+        if row is None:
             raise SpecError(f"no result for job {job_id} in {self.root}")
-        return dict(json.loads(pq.read_table(path, columns=["config_json"]).column(0)[0].as_py()))
+        return dict(json.loads(row["config_json"]))
 
     def write(self, row: dict[str, Any]) -> None:
         """Write an evaluation row (``job_id`` names the file)."""
@@ -199,28 +287,46 @@ class Store:
         body = json.dumps(record, indent=1)
         atomic_write(self.space_path(name), lambda tmp: tmp.write_text(body))
 
+    def space_record(self, name: str) -> dict[str, Any] | None:
+        """What ``record_space`` recorded for space ``name``, or None (an unreadable record is
+        quarantined)."""
+        return read_or_quarantine(self.space_path(name), _space_record, self.root)
+
     def finished(self, name: str, fingerprint: str) -> list[str] | None:
         """The job ids of space ``name`` when it was recorded with ``fingerprint`` and every
         one of them is done; else None. Needs neither torch nor the space's expansion."""
         try:
-            record = json.loads(self.space_path(name).read_text())
-        except (SpecError, OSError, ValueError):
+            record = self.space_record(name)
+        except SpecError:
             return None
-        if record.get("fingerprint") != fingerprint:
+        if record is None or record.get("fingerprint") != fingerprint:
             return None
         jobs: list[str] = record["jobs"]
         statuses = self.statuses(jobs)
         return jobs if all(statuses.get(job) == "done" for job in jobs) else None
+
+    def check_files(self) -> int:
+        """Read every row and space record in full and quarantine the unreadable ones; returns
+        how many were. (DuckDB reads a file when a query needs it, and one bad file fails the
+        whole query, so this runs when a query over the files fails.)"""
+        bad = 0
+        for path in [*self.runs.glob("*.parquet"), *self.train.glob("*.parquet")]:
+            bad += self._read(path) is None
+        for path in (self.root / "spaces").glob("*.json"):
+            bad += read_or_quarantine(path, _space_record, self.root) is None
+        return bad
 
     def _views(self, temp: bool) -> list[str]:
         kind = "TEMP VIEW" if temp else "VIEW"
         runs = (self.runs / "*.parquet").resolve().as_posix()
         train = (self.train / "*.parquet").resolve().as_posix()
         spaces = (self.root / "spaces" / "*.json").resolve().as_posix()
-        stmts = [
-            f"CREATE OR REPLACE {kind} runs AS "
-            f"SELECT * FROM read_parquet('{runs}', union_by_name = true)"
-        ]
+        stmts = []
+        if list(self.runs.glob("*.parquet")):
+            stmts.append(
+                f"CREATE OR REPLACE {kind} runs AS "
+                f"SELECT * FROM read_parquet('{runs}', union_by_name = true)"
+            )
         if list(self.train.glob("*.parquet")):
             stmts.append(
                 f"CREATE OR REPLACE {kind} trainings AS "
@@ -233,34 +339,51 @@ class Store:
             )
         return stmts
 
-    def refresh_db(self) -> None:
-        """(Re)write the DuckDB file's views; only driver processes call this.
+    def _create_views(self, con: Any, temp: bool) -> None:
+        """Create the views on connection ``con``; when DuckDB cannot read a file (it reads
+        every footer here), the unreadable files are quarantined and the views made again."""
+        import duckdb
 
-        The views glob the Parquet files, so they stay current as rows are added; when another
-        process has the file open, this refresh is skipped rather than waited for.
+        try:
+            for stmt in self._views(temp):
+                con.execute(stmt)
+        except duckdb.Error:
+            if not self.check_files():
+                raise
+            self._create_views(con, temp)
+
+    def refresh_db(self) -> None:
+        """(Re)build the DuckDB file's views; only driver processes call this.
+
+        The database is built in a new file renamed over the old one: a reader, or a refresh
+        killed midway, never sees a partial database, and a damaged file is simply replaced.
+        The views glob the Parquet files, so they stay current as rows are added.
         """
         import duckdb
 
         if not list(self.runs.glob("*.parquet")):
             return
-        with (
-            file_lock(self.root / ".db.lock"),
-            contextlib.suppress(duckdb.IOException),
-            duckdb.connect(str(self.db_path)) as con,
-        ):
-            for stmt in self._views(temp=False):
-                con.execute(stmt)
+
+        def build(tmp: Path) -> None:
+            tmp.unlink()  # DuckDB creates the file itself
+            with duckdb.connect(str(tmp)) as con:
+                self._create_views(con, temp=False)
+
+        atomic_write(self.db_path, build)
 
     def query(self, sql: str) -> Any:
-        """Run a read-only query; returns a pandas DataFrame."""
+        """Run a read-only query; returns a pandas DataFrame.
+
+        It runs on an in-memory database with views over the files (not on the DuckDB file,
+        which another client may hold open); when a file fails the query, the unreadable files
+        are quarantined and the query runs again.
+        """
         import duckdb
 
         if not list(self.runs.glob("*.parquet")):
             raise EdmgridError(f"no results in {self.root}: run `edmgrid run SPACE` first")
-        database = str(self.db_path) if self.db_path.exists() else ":memory:"
-        with duckdb.connect(database, read_only=database != ":memory:") as con:
-            for stmt in self._views(temp=True):
-                con.execute(stmt)
+        with duckdb.connect() as con:
+            self._create_views(con, temp=True)
             try:
                 statements = con.extract_statements(sql)
             except duckdb.Error as e:
@@ -276,5 +399,23 @@ class Store:
                     )
             try:
                 return con.sql(sql).df()
-            except duckdb.Error as e:
+            except (
+                duckdb.ParserException,
+                duckdb.BinderException,
+                duckdb.CatalogException,
+                duckdb.ConversionException,
+            ) as e:  # the query's own fault: no file is read again
                 raise SpecError(f"SQL error: {e}") from None
+            except duckdb.Error as e:
+                error = e
+        if self.check_files():
+            return self.query(sql)
+        raise SpecError(f"SQL error: {error}")
+
+
+def _space_record(path: Path) -> dict[str, Any]:
+    """A space record (``Store.record_space``): a JSON object with a list of job ids."""
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict) or not isinstance(record.get("jobs"), list):
+        raise ValueError("not a space record (an object with a 'jobs' list)")
+    return record
