@@ -207,8 +207,9 @@ def _worker(slot: WorkerSlot, root: str, tasks: Any, events: Any, driver: int) -
         events.send(Event(slot.index, task.name, "finished", row=row))
 
 
-#: Imported once by the fork server, so that each worker starts in milliseconds.
-PRELOAD = ["edmgrid.run.jobs", "edmgrid.engine.evaluate"]
+#: Imported once by the fork server, so that each worker starts in milliseconds (scikit-learn
+#: loads the digits, and costs each worker ≈ 1 s of importing otherwise).
+PRELOAD = ["edmgrid.run.jobs", "edmgrid.engine.evaluate", "sklearn.datasets"]
 
 
 @dataclass
