@@ -223,6 +223,31 @@ def test_a_study_sigkilled_five_times_at_random_moments_keeps_every_finished_tri
     assert {t.state for t in s.trials} == {TrialState.COMPLETE}
 
 
+def test_a_trial_asked_by_a_driver_killed_before_recording_its_job_is_run_and_recorded(
+    results, monkeypatch
+):
+    real, recorded = optuna.Trial.set_user_attr, []
+
+    def killed_at_the_third_trial(self, key, value):
+        recorded.append(key)
+        if recorded.count("job_id") == 3:
+            raise KeyboardInterrupt
+        real(self, key, value)
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", killed_at_the_third_trial)
+    settings, options = Settings(base_job(), "fd_raw", 16), Options(trials=4, final_samples=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_churn(Store(results), settings, options, log=lambda line: None)
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", real)
+    assert "job_id" not in study(results).trials[2].user_attrs
+    run_churn(Store(results), settings, options, log=lambda line: None)
+    s = study(results)
+    assert {t.state for t in s.trials} == {TrialState.COMPLETE} and len(s.trials) == 4
+    rows = Store(results).query("SELECT job_id, fd_raw FROM runs")
+    stored = dict(zip(rows["job_id"], rows["fd_raw"], strict=True))
+    assert [stored[t.user_attrs["job_id"]] for t in s.trials] == [t.value for t in s.trials]
+
+
 def test_a_study_cut_short_while_it_was_created_is_set_up_by_the_next_run(results, monkeypatch):
     real, calls = optuna.Study.set_user_attr, []
 

@@ -512,7 +512,10 @@ class Driver:
         stale = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if set(PARAMS) <= set(t.params):
-                stale.append(self.item(t.number, t.params, "search"))
+                item = self.item(t.number, t.params, "search")
+                if "job_id" not in t.user_attrs:  # killed between asking and recording it
+                    optuna.Trial(study, t._trial_id).set_user_attr("job_id", item.job.job_id)
+                stale.append(item)
             else:
                 study.tell(t.number, state=TrialState.FAIL)
         finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))

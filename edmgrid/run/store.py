@@ -150,8 +150,8 @@ def read_or_quarantine(path: Path, read: Callable[[Path], T], root: Path) -> T |
     except MemoryError:
         raise
     except Exception as e:
-        first = str(e).splitlines()[0].replace(f" '{path}'", "") if str(e) else ""
-        quarantine(path, root, f"{type(e).__name__}: {first}", seen)
+        said = str(e).splitlines()[0].replace(f" '{path}'", "") if str(e) else ""
+        quarantine(path, root, f"{type(e).__name__}: {said.split('. ')[0]}", seen)
         return None
 
 
