@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edmgrid.design.scaling import scalings
-from edmgrid.design.schedule import VP, schedules, vp_betas
+from edmgrid.design.schedule import VP, schedules, vp_betas, vp_sigma
 
 T = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
 
@@ -23,9 +23,16 @@ def test_vp_sigma_at_one_is_152_167_with_table1_constants():
     )
 
 
+def test_vp_sigma_of_a_float_is_the_schedules_sigma():
+    vp = VP(beta_d=12.5, beta_min=0.3)
+    t = [1e-5, 1e-3, 0.2, 0.7, 1.0]
+    expected = vp.sigma(torch.tensor(t, dtype=torch.float64)).tolist()
+    assert [vp_sigma(x, 12.5, 0.3) for x in t] == pytest.approx(expected, rel=1e-14)
+    assert vp_sigma(1.0) == pytest.approx(152.167, abs=1e-3)  # Table 1's β_d = 19.9, β_min = 0.1
+
+
 def test_vp_betas_rederived_from_default_range_are_19_9_and_0_1():
-    sigma = lambda t: math.sqrt(math.exp(0.5 * 19.9 * t**2 + 0.1 * t) - 1)  # noqa: E731
-    beta_d, beta_min = vp_betas(sigma(1e-3), sigma(1.0), 1e-3)
+    beta_d, beta_min = vp_betas(vp_sigma(1e-3), vp_sigma(1.0), 1e-3)
     assert beta_d == pytest.approx(19.9, rel=1e-9)
     assert beta_min == pytest.approx(0.1, rel=1e-7)
 

@@ -11,14 +11,15 @@ rotation angle ``a3``, anisotropy angle ``a4`` and strength ``a5``, translation 
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor
 
+from edmgrid.lazy import torch
 from edmgrid.registry import Choice, Registry
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 augments = Registry("augment", "non-leaky augmentation (EDM §5, App. F.2)")
 
@@ -201,7 +202,7 @@ def resample(images: Tensor, g_inv: Tensor) -> Tensor:
             [lo[0], hi[0], lo[1], hi[1]], [width, width, height, height], strict=True
         )
     ]
-    padded = F.pad(images, pad, mode="reflect")
+    padded = torch.nn.functional.pad(images, pad, mode="reflect")
     up_y = _upsampling_matrix(padded.shape[-2], images.dtype, images.device)
     up_x = _upsampling_matrix(padded.shape[-1], images.dtype, images.device)
     up = up_y @ padded @ up_x.mT
@@ -211,7 +212,9 @@ def resample(images: Tensor, g_inv: Tensor) -> Tensor:
     index = 2 * (src + origin) + DELAY
     size = torch.tensor([up.shape[-1], up.shape[-2]], dtype=dtype, device=device)
     grid = ((2 * index + 1) / size - 1).to(images.dtype)
-    warped = F.grid_sample(up, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    warped = torch.nn.functional.grid_sample(
+        up, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     down_y = _upsampling_matrix(height + 2 * ext, images.dtype, images.device).mT / 2
     down_x = _upsampling_matrix(width + 2 * ext, images.dtype, images.device) / 2
     return (down_y @ warped @ down_x)[..., ext : ext + height, ext : ext + width]

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from edmgrid.design.scaling import Scaling
 from edmgrid.design.schedule import Schedule
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 #: (x, σ) -> D(x; σ), float64; class labels are bound by the caller.
-Denoise = Callable[[Tensor, Tensor], Tensor]
+Denoise = Callable[["Tensor", "Tensor"], "Tensor"]
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from edmgrid.design.precond import IDDPMPrecond
 from edmgrid.design.schedule import VP, Cosine, GammaSchedule, LinearGamma, Sigmoid
+from edmgrid.lazy import torch
 from edmgrid.registry import Choice, Registry
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 p_trains = Registry("p_train", "p_train(σ): training noise level distribution (Table 1)")
 

@@ -7,19 +7,21 @@ Each choice gives the four coefficients, the σ range its network supports, and 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from edmgrid.design.schedule import VP
 from edmgrid.design.timesteps import iddpm_u
+from edmgrid.lazy import torch
 from edmgrid.registry import Choice, Registry
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 preconds = Registry("precond", "preconditioning c_skip, c_out, c_in, c_noise (Table 1)")
 
-Coefficients = tuple[Tensor, Tensor, Tensor, Tensor]
+Coefficients = tuple["Tensor", "Tensor", "Tensor", "Tensor"]
 
 
 class Precond(Choice):

@@ -5,12 +5,13 @@ A scaling is a function of the schedule's σ(t): s = f(σ), s' = f'(σ)·σ'(t).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import Tensor
-
+from edmgrid.lazy import torch
 from edmgrid.registry import Choice, Registry
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 scalings = Registry("scaling", "s(t): signal scaling (Table 1)")
 

@@ -7,13 +7,15 @@ the EDM framework as σ(t) = sqrt((1−γ)/γ)/b, with b the input scale (σ_eff
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from edmgrid.lazy import torch
 from edmgrid.registry import Choice, Registry
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 schedules = Registry("schedule", "σ(t): noise level as a function of time (Table 1)")
 
@@ -43,6 +45,11 @@ def vp_betas(sigma_min: float, sigma_max: float, epsilon_s: float) -> tuple[floa
         2 * (math.log(sigma_min**2 + 1) / epsilon_s - math.log(sigma_max**2 + 1)) / (epsilon_s - 1)
     )
     return beta_d, math.log(sigma_max**2 + 1) - 0.5 * beta_d
+
+
+def vp_sigma(t: float, beta_d: float = 19.9, beta_min: float = 0.1) -> float:
+    """VP σ(t) of one float t: what ``VP.sigma`` gives, without tensors (to check specs)."""
+    return math.sqrt(math.exp(0.5 * beta_d * t**2 + beta_min * t) - 1)
 
 
 @schedules.register

@@ -11,17 +11,19 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
-from torch import Tensor
 
 from edmgrid.design.ode import ProbabilityFlow
 from edmgrid.registry import Choice, Registry
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 solvers = Registry("solver", "ODE solver with the stochastic churn of Algorithm 2")
 
-RandnLike = Callable[[Tensor], Tensor]
+RandnLike = Callable[["Tensor"], "Tensor"]
 
 
 class StepNoise:

@@ -7,14 +7,16 @@ t_i = σ⁻¹(round_sigma(σ_i)) and appends t_N = 0 (official ``ablation_sample
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, model_validator
-from torch import Tensor
 
-from edmgrid.design.schedule import VP, Schedule, vp_betas
+from edmgrid.design.schedule import VP, Schedule, vp_betas, vp_sigma
+from edmgrid.lazy import torch
 from edmgrid.registry import Choice, Registry
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 timesteps = Registry("timesteps", "discretisation of the σ range into N steps (Table 1)")
 
@@ -55,9 +57,7 @@ class VPSteps(Timesteps):
     epsilon_s: float = Field(1e-3, gt=0, lt=1)
 
     def default_range(self, schedule: Schedule) -> tuple[float, float]:
-        vp = VP(beta_d=19.9, beta_min=0.1)
-        ends = vp.sigma(torch.tensor([self.epsilon_s, 1.0], dtype=torch.float64))
-        return float(ends[0]), float(ends[1])
+        return vp_sigma(self.epsilon_s), vp_sigma(1.0)
 
     def sigma_steps(self, schedule: Schedule, sigma_min: float, sigma_max: float) -> Tensor:
         beta_d, beta_min = vp_betas(sigma_min, sigma_max, self.epsilon_s)
@@ -79,11 +79,12 @@ class VESteps(Timesteps):
         return t.sqrt()
 
 
-def iddpm_u(M: int, C_1: float, C_2: float, dtype: torch.dtype = torch.float64) -> Tensor:
+def iddpm_u(M: int, C_1: float, C_2: float, dtype: torch.dtype | None = None) -> Tensor:
     """iDDPM noise levels u_0 > … > u_M = 0 by the recursion of Table 1.
 
-    The sampler computes it in float64, the official network buffer in float32.
+    The sampler computes it in float64 (``dtype`` None), the official network buffer in float32.
     """
+    dtype = torch.float64 if dtype is None else dtype
     j = torch.arange(M + 1, dtype=dtype)
     alpha_bar = (0.5 * math.pi * j / M / (C_2 + 1)).sin() ** 2
     u = torch.zeros(M + 1, dtype=dtype)
