@@ -9,18 +9,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from edmgrid.design.networks import (
-    ADM,
-    MLP,
-    Conv2d,
-    DDPMpp,
-    Init,
-    NCSNpp,
-    Network,
-    UNetBlock,
-    group_norm,
-    networks,
-)
+from edmgrid.design.networks import ADM, MLP, DDPMpp, NCSNpp, Network, networks
+from edmgrid.design.unet import Conv2d, Init, UNetBlock, group_norm
 from edmgrid.errors import SpecError
 
 LABEL_DIM, AUGMENT_DIM = 3, 9
