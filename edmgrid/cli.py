@@ -199,12 +199,13 @@ def run(
             _print_summary(summary)
             return
 
-    from edmgrid.engine.fid import ENV_VAR
     from edmgrid.run.runner import run_space
     from edmgrid.spec.space import MAX_JOBS, load_space
 
     _use_pythonpath(pythonpath)
     if inception is not None:
+        from edmgrid.engine.fid import ENV_VAR
+
         os.environ[ENV_VAR] = str(inception.expanduser().resolve())
     loaded = load_space(
         space, max_jobs=None if yes else MAX_JOBS, overrides=overrides, check_inputs=True
@@ -228,8 +229,8 @@ def run(
 def _finished_jobs(text: bytes, store: Any, fingerprint: str) -> int | None:
     """The number of jobs of a space whose every job is done (as recorded), else None.
 
-    The fast path of a no-op re-run: it reads the space's name and the store, and imports
-    neither torch nor the space schemas.
+    The fast path of a no-op re-run: it reads the space's name and the store, and neither
+    imports nor validates the space schemas.
     """
     import yaml
 

@@ -76,6 +76,18 @@ def test_options_of_another_executor_are_spec_errors(
         make_executor(name, **options)  # type: ignore[arg-type]
 
 
+def test_a_run_with_nothing_to_do_neither_counts_gpus_nor_starts_workers(tmp_path: Path) -> None:
+    space = toy_space(tmp_path, "a", {"sampler.timesteps.num_steps": [2, 3]}, seeds="0-3")
+    store = Store(tmp_path / "r")
+    assert run_space(space, store).counts["done"] == 2
+    counted: list[int] = []
+    executor = LocalExecutor(gpus=lambda: counted.append(1) or [])  # counting imports torch
+    again = run_space(space, store, executor=executor)
+    assert again.counts["skipped"] == 2 and not again.executed
+    assert counted == [] and executor.workers == {}
+    assert executor.free() == [0] and counted == [1]
+
+
 def test_local_workers_each_see_only_their_simulated_gpu(tmp_path: Path) -> None:
     space = toy_space(tmp_path, "a", {"sampler.timesteps.num_steps": [2, 3, 4, 5]})
     store = Store(tmp_path / "r")

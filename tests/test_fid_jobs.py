@@ -17,7 +17,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from edmgrid.cli import app
-from edmgrid.engine import metrics as metrics_module
+from edmgrid.engine import fid as fid_module
 from edmgrid.engine.fid import (
     ENV_VAR,
     FEATURE_DIM,
@@ -85,7 +85,7 @@ class _SmallExtractor(FeatureExtractor):
 @pytest.fixture
 def small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A weights path whose loading gives :class:`_SmallExtractor` (the loader is patched)."""
-    monkeypatch.setattr(metrics_module, "load_inception", lambda path, device: _SmallExtractor())
+    monkeypatch.setattr(fid_module, "load_inception", lambda path, device: _SmallExtractor())
     path = tmp_path / "small.pth"
     path.touch()
     return path

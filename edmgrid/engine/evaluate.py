@@ -16,7 +16,7 @@ from edmgrid.engine.metrics import Evaluation
 from edmgrid.engine.sample import CountingDenoiser, SeedRNG, plan, sample
 from edmgrid.errors import JobError
 from edmgrid.run.store import atomic_write, file_lock, load_cached
-from edmgrid.spec.job import JobSpec, content_hash
+from edmgrid.spec.job import JobSpec, content_hash, model_key
 from edmgrid.spec.sampler import SamplerSpec
 
 #: Samples per denoiser call; results do not depend on it (one generator per seed).
@@ -28,11 +28,6 @@ Progress = Callable[[int, int], None]
 def build_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
     """The job's denoiser, built by its model spec."""
     return job.model.build(job, dataset, cache_dir)
-
-
-def model_key(job: JobSpec) -> str:
-    """Jobs with one model key sample from the same denoiser (data and model config)."""
-    return content_hash(job.model_dump(mode="json", include={"data", "model"}))
 
 
 #: The denoiser last built in this process, by (model key, cache dir).

@@ -1,4 +1,8 @@
-"""Metrics of a sampling run; each is registered by the name of its result column."""
+"""Metrics of a sampling run; each is registered by the name of its result column.
+
+The computing code (``edmgrid.engine.fid``, the classifier) is imported where it is used, so
+that checking a spec needs neither torch nor Inception.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +13,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
-from torch import Tensor
 
 from edmgrid.engine.data import Dataset, Toy2D
-from edmgrid.engine.denoiser import Denoiser
-from edmgrid.engine.fid import (
-    FeatureExtractor,
-    feature_statistics,
-    fid_from_images,
-    frechet_distance,
-    load_inception,
-    load_reference_npz,
-    paper_seed_ranges,
-    quantize,
-    reference_statistics,
-    resolve_inception_path,
-    statistics_hash,
-)
-from edmgrid.engine.models import default_device
 from edmgrid.errors import SpecError
 from edmgrid.registry import Choice, Registry
 from edmgrid.spec.sampler import SamplerSpec
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
+    from edmgrid.engine.denoiser import Denoiser
+    from edmgrid.engine.fid import FeatureExtractor
     from edmgrid.spec.job import JobSpec
 
 metrics = Registry("metric", "evaluation metric (a result column)")
@@ -120,6 +112,8 @@ class FDRaw(Metric):
     name: Literal["fd_raw"] = "fd_raw"
 
     def compute(self, ev: Evaluation) -> dict[str, float]:
+        from edmgrid.engine.fid import feature_statistics, frechet_distance
+
         mu1, s1 = feature_statistics(ev.samples.flatten(1).numpy())
         mu2, s2 = feature_statistics(ev.dataset.x.flatten(1).numpy())
         return {"fd_raw": frechet_distance(mu1, s1, mu2, s2)}
@@ -142,6 +136,7 @@ class FD(Metric):
 
     def compute(self, ev: Evaluation) -> dict[str, float]:
         from edmgrid.engine.classifier import features, trained_classifier
+        from edmgrid.engine.fid import feature_statistics, frechet_distance
 
         classifier = trained_classifier(ev.dataset, ev.cache_dir)
         samples = ev.samples.clamp(-1, 1) if ev.dataset.is_image else ev.samples
@@ -168,6 +163,8 @@ class FID(Metric):
     protocol: Literal["single", "paper"] = "single"
 
     def check(self, job: JobSpec) -> None:
+        from edmgrid.engine.fid import load_reference_npz
+
         if isinstance(job.data, Toy2D):
             raise SpecError("fid needs an image data set, not toy2d", path="metrics")
         if self.protocol == "paper" and not _is_range(job.seed_list):
@@ -190,10 +187,21 @@ class FID(Metric):
 
     def extractor(self) -> FeatureExtractor:
         """The Inception feature extractor (a DataError at once if the weights are missing)."""
+        from edmgrid.engine.fid import resolve_inception_path
+
         path = resolve_inception_path(self.inception)
         return _extractor(path.resolve(), path.stat().st_mtime_ns)
 
     def compute(self, ev: Evaluation) -> dict[str, Any]:
+        from edmgrid.engine.fid import (
+            fid_from_images,
+            load_reference_npz,
+            paper_seed_ranges,
+            quantize,
+            reference_statistics,
+            statistics_hash,
+        )
+
         extractor = self.extractor()
         if self.reference is not None:
             ref_mu, ref_sigma = load_reference_npz(self.reference)
@@ -221,11 +229,16 @@ class FID(Metric):
 @lru_cache(maxsize=1)
 def _extractor(path: Path, mtime: int) -> FeatureExtractor:
     """Loaded once per process and weights file: every FID job of a grid shares it."""
+    from edmgrid.engine.fid import load_inception
+    from edmgrid.engine.models import default_device
+
     return load_inception(path, default_device())
 
 
 def _generated(ev: Evaluation, seeds: list[int], chunk: int = 1000) -> Iterator[Tensor]:
     """uint8 images of ``seeds``, ``chunk`` at a time, so 50,000 are never held at once."""
+    from edmgrid.engine.fid import quantize
+
     for lo in range(0, len(seeds), chunk):
         yield quantize(ev.generate(seeds[lo : lo + chunk]))
 

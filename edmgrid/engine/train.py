@@ -4,6 +4,9 @@ One loss term per image: λ(σ)·‖D(y + n; σ) − y‖² with σ ~ p_train, n
 (augmented) image; summed over pixels and averaged over the batch. Adam(0.9, 0.999, 1e−8) with
 a linear learning-rate ramp-up, NaN/Inf gradient sanitising, optional norm clipping, and an EMA
 with a half-life in images and a ramp-up ratio.
+
+The keys (``training_key``, ``checkpoint_path``) are read by the driver of a run; the module
+loads torch only when it trains or builds a network.
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from edmgrid.engine.data import Dataset
-from edmgrid.engine.denoiser import PrecondDenoiser
 from edmgrid.errors import JobError
+from edmgrid.lazy import torch
 from edmgrid.spec.job import JobSpec, content_hash
 from edmgrid.spec.model import TrainedModel
+
+if TYPE_CHECKING:
+    from edmgrid.engine.denoiser import PrecondDenoiser
 
 Progress = Callable[[int, int], None]
 
@@ -41,6 +45,8 @@ def checkpoint_path(cache_dir: Path, key: str) -> Path:
 
 def build_network(model: TrainedModel, dataset: Dataset) -> PrecondDenoiser:
     """D = precond ∘ F for the data set's shape (one-hot labels when ``cond``)."""
+    from edmgrid.engine.denoiser import PrecondDenoiser
+
     channels, resolution = (
         (dataset.x.shape[1], dataset.x.shape[-1]) if dataset.is_image else (dataset.x.shape[1], 1)
     )
@@ -157,7 +163,6 @@ def fit(
     return ema, meta
 
 
-@torch.no_grad()
 def update_ema(
     ema: torch.nn.Module,
     net: torch.nn.Module,
@@ -171,5 +176,6 @@ def update_ema(
     if rampup_ratio is not None:
         halflife = min(halflife, seen * rampup_ratio)
     beta = 0.5 ** (batch / max(halflife, 1e-8))
-    for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -236,7 +237,7 @@ class LocalExecutor:
         threads: int | None = None,
         gpus: Callable[[], list[str]] = visible_gpus,
     ) -> None:
-        self.slots = assign_devices(devices, workers, gpus(), os.cpu_count() or 1, threads)
+        self.devices, self.n_workers, self.threads, self.gpus = devices, workers, threads, gpus
         self.root = ""
         self.emit: Emit = lambda event: None
         self.workers: dict[int, _Process] = {}
@@ -248,6 +249,13 @@ class LocalExecutor:
         self.root, self.emit = str(root), emit
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(PRELOAD)
+
+    @cached_property
+    def slots(self) -> list[WorkerSlot]:
+        """The workers (``assign_devices``), assigned when first needed: counting the GPUs
+        imports torch, which a run with nothing to do never needs."""
+        cpus = os.cpu_count() or 1
+        return assign_devices(self.devices, self.n_workers, self.gpus(), cpus, self.threads)
 
     def free(self) -> list[int]:
         return [s.index for s in self.slots if s.index not in self.busy]

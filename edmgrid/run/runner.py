@@ -19,13 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from edmgrid.engine import evaluate
 from edmgrid.run.claims import Claims, active_run
 from edmgrid.run.executors import Event, Executor, SerialExecutor
 from edmgrid.run.jobs import EngineTrainer, Task, Trainer, flatten, record_failed
 from edmgrid.run.store import Store
 from edmgrid.run.summary import Summary
 from edmgrid.spec.job import JobSpec
+from edmgrid.spec.job import model_key as job_model_key
 from edmgrid.spec.space import Space
 
 #: How many ready tasks ``Picker.pick`` compares for each free worker.
@@ -97,7 +97,7 @@ def plan(
 
 def model_key(task: Task) -> str:
     """Tasks with one model key share a denoiser (a worker that loaded it can reuse it)."""
-    return task.training_key or evaluate.model_key(task.job)
+    return task.training_key or job_model_key(task.job)
 
 
 class Picker:

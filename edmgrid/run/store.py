@@ -74,7 +74,7 @@ def space_fingerprint(text: bytes) -> str:
     """Hash of a space file's bytes and of edmgrid's own source code.
 
     Equal fingerprints expand to equal jobs, so a re-run can tell that it has nothing to do
-    without expanding the space (which imports torch).
+    without expanding the space (which validates every job).
     """
     digest = hashlib.sha256(text)
     package = Path(__file__).resolve().parents[1]

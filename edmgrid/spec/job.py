@@ -86,3 +86,8 @@ def content_hash(obj: Any) -> str:
     """16 hex digits of SHA-256 over canonical JSON."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_key(job: JobSpec) -> str:
+    """Jobs with one model key sample from the same denoiser (data and model config)."""
+    return content_hash(job.model_dump(mode="json", include={"data", "model"}))
