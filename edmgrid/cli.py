@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +48,23 @@ def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
     elif fmt == "latex":
         sys.stdout.write(_latex(frame) + "\n")
     elif fmt == "table":
-        from rich.table import Table
-
-        table = Table(title=title)
-        for column in frame.columns:
-            table.add_column(str(column))
-        for row in frame.itertuples(index=False):
-            table.add_row(*(_cell(v) for v in row))
-        _console().print(table)
+        _print_table(list(map(str, frame.columns)), frame.itertuples(index=False), title)
     else:
         raise SpecError(
             f"unknown format {fmt!r}; valid: table, csv, markdown, latex, json", path="--format"
         )
+
+
+def _print_table(columns: list[str], rows: Iterable[Iterable[Any]], title: str | None) -> None:
+    """A rich table of ``rows`` (cells formatted by ``_cell``) on stdout."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row))
+    _console().print(table)
 
 
 def _cell(value: Any) -> str:
@@ -275,17 +281,15 @@ def show(
         jobs = [{"job_id": j.job_id, **j.resolved()} for j in loaded.jobs]
         sys.stdout.write(json.dumps({"space": loaded.name, "jobs": jobs}, indent=1) + "\n")
         return
-    import pandas as pd
-
-    frame = pd.DataFrame([{"job_id": j.job_id, **flatten(j.resolved())} for j in loaded.jobs])
-    varying = [c for c in frame.columns[1:] if frame[c].astype(str).nunique() > 1]
-    settings = (
-        frame[varying]
-        .astype(str)
-        .apply(lambda row: "  ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+    configs = [flatten(j.resolved()) for j in loaded.jobs]
+    names = dict.fromkeys(name for config in configs for name in config)  # in order of appearance
+    # a setting varies if its set values differ (unset: a parameter of another choice, or None)
+    varying = [n for n in names if len({str(c[n]) for c in configs if c.get(n) is not None}) > 1]
+    rows = (
+        (job.job_id, "  ".join(f"{n}={config.get(n)}" for n in varying))
+        for job, config in zip(loaded.jobs, configs, strict=True)
     )
-    table = pd.DataFrame({"job_id": frame["job_id"], "varying settings": settings})
-    _print_frame(table, "table", title=f"{loaded.name}: {len(loaded.jobs)} jobs")
+    _print_table(["job_id", "varying settings"], rows, f"{loaded.name}: {len(loaded.jobs)} jobs")
 
 
 @app.command()

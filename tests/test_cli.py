@@ -77,6 +77,21 @@ def test_show_json_lists_the_resolved_jobs_with_their_ids(
     assert [j["job_id"] for j in shown["jobs"]] == [j.job_id for j in load_space(space).jobs]
 
 
+def test_show_lists_only_the_settings_whose_set_values_differ(
+    ran: tuple[Path, Path], cli: Callable[..., Any]
+) -> None:
+    space, _ = ran
+    result = cli("show", space)
+    assert result.code == 0
+    rows = [line for line in result.out.splitlines() if "solver=" in line]
+    assert [" ".join(row.split("│")[2].split()) for row in rows] == [
+        "solver=euler timesteps_num_steps=2",
+        "solver=euler timesteps_num_steps=3",
+        "solver=heun timesteps_num_steps=2",
+        "solver=heun timesteps_num_steps=3",
+    ]  # not solver_alpha: euler has none, so heun's 1.0 is the only value set
+
+
 def test_axes_json_lists_every_registry(cli: Callable[..., Any]) -> None:
     result = cli("axes", "--json")
     assert result.code == 0
