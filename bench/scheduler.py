@@ -217,7 +217,7 @@ def noop(folder: Path, tiny: bool, repeats: int) -> list[Figure]:
     n = len(loaded.jobs)
     rows = [  # the target is the first; the others show where the time would go without it
         ("`edmgrid run`, unchanged space (fast path)", fast),
-        ("`edmgrid run`, edited space (expands it, imports torch)", full),
+        ("`edmgrid run`, edited space (expands it; torch not loaded)", full),
         ("`run_space` in process (expands it)", in_process),
     ]
     figures = []
