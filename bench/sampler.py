@@ -32,7 +32,7 @@ from edmgrid.design.precond import EDMPrecond
 from edmgrid.engine.data import Digits
 from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser, PrecondDenoiser
 from edmgrid.engine.metrics import ODEError, rms_distance
-from edmgrid.engine.sample import CountingDenoiser, SeedRNG, latents, plan, sample
+from edmgrid.engine.sample import CountingDenoiser, SeedRNG, fit_steps, latents, plan, sample
 from edmgrid.spec.presets import SAMPLER
 from edmgrid.spec.sampler import SamplerSpec
 
@@ -45,7 +45,10 @@ class Size:
     channels: int = 32
     num_steps: int = 18
     repeats: int = 10
-    samples: int = 512  # parts 2 and 3
+    samples: int = 512  # part 2
+    solver_samples: int = 2048  # part 3
+    gits_fine_steps: int = 128  # part 3, GITS
+    calibration_samples: int = 256
     max_steps: int = 8192
     solver_max_steps: int = 2048
     reference_steps: int = 256  # ODEError's default
@@ -59,6 +62,9 @@ TINY = Size(
     num_steps=3,
     repeats=1,
     samples=4,
+    solver_samples=4,
+    gits_fine_steps=12,
+    calibration_samples=4,
     max_steps=8,
     solver_max_steps=8,
     reference_steps=8,
@@ -68,16 +74,24 @@ TINY = Size(
 #: Paper Fig. 2 / Table 3: NFE of the original sampler → EDM's, per family.
 PAPER_NFE = {"vp": (256, 35), "ve": (8192, 27), "iddpm": (250, 79)}
 
-#: Solvers of part 3, by label.
-SOLVERS: dict[str, dict[str, Any]] = {
-    "euler": {"name": "euler"},
-    "heun": {"name": "heun"},
-    "heun α=½ (midpoint)": {"name": "heun", "alpha": 0.5},
-    "dpmpp order 1 (DDIM)": {"name": "dpmpp", "order": 1},
-    "dpmpp order 2 (2M)": {"name": "dpmpp", "order": 2},
-    "dpmpp order 3 (3M)": {"name": "dpmpp", "order": 3},
-    "ipndm order 4": {"name": "ipndm", "order": 4},
-    "ipndm order 4, variable step": {"name": "ipndm", "order": 4, "variable_step": True},
+#: Solvers of part 3, by label: the solver, and its time steps (EDM's, or fitted by GITS).
+SOLVERS: dict[str, tuple[dict[str, Any], str]] = {
+    "euler": ({"name": "euler"}, "edm"),
+    "heun": ({"name": "heun"}, "edm"),
+    "heun α=½ (midpoint)": ({"name": "heun", "alpha": 0.5}, "edm"),
+    "dpmpp order 1 (DDIM)": ({"name": "dpmpp", "order": 1}, "edm"),
+    "dpmpp order 2 (2M)": ({"name": "dpmpp", "order": 2}, "edm"),
+    "dpmpp order 3 (3M)": ({"name": "dpmpp", "order": 3}, "edm"),
+    "ipndm order 4": ({"name": "ipndm", "order": 4}, "edm"),
+    "ipndm order 4, variable step": ({"name": "ipndm", "order": 4, "variable_step": True}, "edm"),
+    "heun, GITS steps": ({"name": "heun"}, "gits"),
+    "dpmpp 2M, GITS steps": ({"name": "dpmpp", "order": 2}, "gits"),
+    "dpmpp 3M, GITS steps": ({"name": "dpmpp", "order": 3}, "gits"),
+    "dpmpp 3M lower order final, GITS steps": (
+        {"name": "dpmpp", "order": 3, "lower_order_final": True},
+        "gits",
+    ),
+    "ipndm order 4, GITS steps": ({"name": "ipndm", "order": 4}, "gits"),
 }
 
 
@@ -100,7 +114,9 @@ def run(tiny: bool) -> str:
         tau = probe.error(edm_spec(18))[1]
         print(f"τ = ODE error of EDM Heun at 35 NFE = {tau:.4f}", flush=True)
         families_table = nfe_to_target_table(probe, tau, size)
-        solvers_table = solver_curves(probe, tau, size)
+        probe = Probe(size.solver_samples, ODEError(reference_steps=size.reference_steps))
+        solver_tau = probe.error(edm_spec(18))[1]
+        solvers_table = solver_curves(probe, solver_tau, size)
     return "\n\n".join(
         [
             "One torch thread. Ratios compare figures measured in this same run.",
@@ -110,7 +126,8 @@ def run(tiny: bool) -> str:
             f"### 2. NFE to reach an ODE error threshold (τ = {tau:.4f}, EDM Heun-35's), "
             f"digits analytic denoiser, {size.samples} samples",
             families_table,
-            "### 3. Solvers: ODE error against NFE (EDM steps, ρ = 7, σ ∈ [0.002, 80])",
+            f"### 3. Solvers: ODE error against NFE (σ ∈ [0.002, 80], EDM steps with ρ = 7 "
+            f"or GITS steps fitted to the model), {size.solver_samples} samples",
             solvers_table,
         ]
     )
@@ -271,7 +288,9 @@ class Probe:
         return float(sigmas[-2]), float(sigmas[0])
 
     def error(self, spec: SamplerSpec) -> tuple[float, float]:
-        """(NFE measured, ODE error) of one run."""
+        """(NFE measured, ODE error) of one run; model-dependent steps are fitted first, and
+        their calibration is not counted."""
+        spec = fit_steps(self.denoiser, spec, self.latents.shape[1:])
         counter = CountingDenoiser(self.denoiser)
         x = sample(counter, self.latents, spec)
         key = self.sigma_range(spec)
@@ -374,6 +393,17 @@ def steps_within(solver: dict[str, Any], budget: int) -> int:
     return (budget + 1) // 2 if solver["name"] == "heun" else budget
 
 
+def solver_spec(num_steps: int, solver: dict[str, Any], steps: str, size: Size) -> SamplerSpec:
+    """``solver`` on EDM steps, or on GITS steps chosen from max(fine steps, N) EDM steps."""
+    if steps == "edm":
+        return edm_spec(num_steps, solver)
+    fine = max(size.gits_fine_steps, num_steps)
+    timesteps = {"fine_steps": fine, "calibration_samples": size.calibration_samples}
+    return SamplerSpec.model_validate(
+        {"solver": solver, "timesteps": {"name": "gits", "num_steps": num_steps, **timesteps}}
+    )
+
+
 def solver_curves(probe: Probe, tau: float, size: Size) -> str:
     head = " | ".join(f"≤{b}" for b in size.budgets)
     rows = [
@@ -382,27 +412,38 @@ def solver_curves(probe: Probe, tau: float, size: Size) -> str:
     ]
     errors_at: dict[str, dict[int, float]] = {}
     nfe_at_tau: dict[str, float | None] = {}
-    for label, solver in SOLVERS.items():
+    for label, (solver, steps) in SOLVERS.items():
         errors_at[label] = {}
+        make = partial(solver_spec, solver=solver, steps=steps, size=size)
         for budget in size.budgets:
-            nfe, error = probe.error(edm_spec(steps_within(solver, budget), solver))
+            nfe, error = probe.error(make(steps_within(solver, budget)))
             assert nfe <= budget, (label, budget, nfe)
             errors_at[label][budget] = error
-        ladder_curve = curve(probe, partial(edm_spec, solver=solver), size.solver_max_steps, tau)
-        nfe_at_tau[label] = ladder_curve.nfe_below(tau)
+        nfe_at_tau[label] = curve(probe, make, size.solver_max_steps, tau).nfe_below(tau)
     for label in SOLVERS:
         cells = " | ".join(f"{errors_at[label][b]:.3f}" for b in size.budgets)
         cut = fmt_cut(nfe_at_tau["heun"], nfe_at_tau[label])
         rows.append(f"| {label} | {cells} | {fmt_nfe(nfe_at_tau[label])} | {cut} |")
         print(f"{label}: {cells}; error ≤ τ from NFE {fmt_nfe(nfe_at_tau[label])}", flush=True)
     budget = max((b for b in size.budgets if b <= 20), default=min(size.budgets))
-    dpmpp = {k: errors_at[k][budget] for k in SOLVERS if k.startswith("dpmpp order")}
-    best = min(dpmpp, key=dpmpp.__getitem__)
-    verdict = "matches" if dpmpp[best] <= tau else "does not match"
-    rows.append(
-        f"\nCells: ODE error with the most EDM steps whose NFE fits the budget. τ = {tau:.4f} "
-        f"(EDM Heun, 35 NFE). Best DPM-Solver++ within {budget} NFE: {best}, error "
-        f"{dpmpp[best]:.4f} = {dpmpp[best] / tau:.2f}τ: it {verdict} Heun-35."
-    )
+    calibration = 2 * (size.gits_fine_steps - 1) * size.calibration_samples
+    notes = [
+        f"\nCells: ODE error with the most steps whose NFE fits the budget. τ = {tau:.4f} "
+        f"(EDM Heun, 35 NFE, these {len(probe.latents)} samples). GITS steps are fitted once "
+        f"per model from {size.calibration_samples} calibration latents (other seeds) and "
+        f"{size.gits_fine_steps} fine EDM steps: {calibration} denoiser evaluations, "
+        f"{calibration / len(probe.latents):.0f} per sample here, not counted in the NFE."
+    ]
+    for group in ("dpmpp", None):
+        within = {
+            k: e[budget] for k, e in errors_at.items() if group in (None, SOLVERS[k][0]["name"])
+        }
+        best = min(within, key=within.__getitem__)
+        verdict = "matches" if within[best] <= tau else "does not match"
+        notes.append(
+            f"Best {'DPM-Solver++' if group else 'solver'} within {budget} NFE: {best}, "
+            f"error {within[best]:.4f} = {within[best] / tau:.2f}τ: it {verdict} Heun-35."
+        )
+    rows.append("\n".join(notes))
     print(rows[-1].strip(), flush=True)
     return "\n".join(rows)

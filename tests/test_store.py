@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from edmgrid.engine.evaluate import cached_samples
+from edmgrid.engine.evaluate import cached_tensor
 from edmgrid.errors import EdmgridError, SpecError
 from edmgrid.run.compare import load_runs
 from edmgrid.run.store import Store
@@ -177,16 +177,16 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_cached_samples_load_without_running_code(tmp_path: Path) -> None:
+def test_cached_tensor_load_without_running_code(tmp_path: Path) -> None:
     key, cache = {"k": 1}, tmp_path / "cache"
-    fresh = cached_samples(cache, key, lambda: torch.arange(3.0))
-    assert cached_samples(cache, key, lambda: torch.zeros(3)).tolist() == fresh.tolist()
-    (path,) = (cache / "samples").glob("*.pt")
+    fresh = cached_tensor(cache, key, lambda: torch.arange(3.0))
+    assert cached_tensor(cache, key, lambda: torch.zeros(3)).tolist() == fresh.tolist()
+    (path,) = (cache / "tensors").glob("*.pt")
     marker = tmp_path / "pwned"
     torch.save(_Payload(marker), path)  # a tampered cache file: refused, quarantined, made again
-    assert cached_samples(cache, key, lambda: torch.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+    assert cached_tensor(cache, key, lambda: torch.zeros(3)).tolist() == [0.0, 0.0, 0.0]
     assert not marker.exists()
-    assert (tmp_path / "quarantine" / "cache" / "samples" / path.name).exists()
+    assert (tmp_path / "quarantine" / "cache" / "tensors" / path.name).exists()
 
 
 def _calls(tree: ast.AST, module: str, name: str) -> list[ast.Call]:

@@ -133,9 +133,14 @@ class Multistep(Solver):
     last ``order`` evaluations (``node``); the first steps warm up with lower orders. The last
     step into σ_N = 0 is Euler's, x̃_N = D(x̃_{N−1}; σ_{N−1}), as in Algorithms 1–2. Churn
     would mix fresh noise into the history, so S_churn > 0 is rejected.
+
+    ``lower_order_final`` (DPM-Solver's option): the last steps use no more nodes than steps
+    remain, ending with a first-order step. It keeps high orders stable where the last steps
+    are long against the earlier ones (fitted GITS steps), at the cost of the formal order.
     """
 
     order: int
+    lower_order_final: bool = False
 
     @model_validator(mode="after")
     def _deterministic(self) -> Multistep:
@@ -161,10 +166,12 @@ class Multistep(Solver):
         sigmas = sigma_steps.tolist()
         x = x / s_steps[0]
         history: list[tuple[float, Tensor]] = []
+        steps = len(sigmas) - 2
         for i, (sigma, sigma_next) in enumerate(itertools.pairwise(sigmas[:-1])):
             denoised = ode.denoise(x, sigma_steps[i])
             history = [(sigma, self.node(x, denoised, sigma)), *history[: self.order - 1]]
-            x = self.step(x, history, sigma_next)
+            order = min(len(history), steps - i) if self.lower_order_final else len(history)
+            x = self.step(x, history[:order], sigma_next)
         sigma = sigmas[-2]  # Euler into t_N = 0: x̃_N = D(x̃_{N−1}; σ_{N−1})
         x = x + (sigmas[-1] - sigma) / sigma * (x - ode.denoise(x, sigma_steps[-2]))
         return x * s_steps[-1]

@@ -6,10 +6,11 @@ t_i = σ⁻¹(round_sigma(σ_i)) and appends t_N = 0 (official ``ablation_sample
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
 from edmgrid.design.schedule import VP, Schedule, vp_betas, vp_sigma
 from edmgrid.lazy import torch
@@ -128,8 +129,14 @@ class EDMSteps(Timesteps):
         return 0.002, 80.0
 
     def sigma_steps(self, schedule: Schedule, sigma_min: float, sigma_max: float) -> Tensor:
-        lo, hi = sigma_min ** (1 / self.rho), sigma_max ** (1 / self.rho)
-        return (hi + self._i() / (self.num_steps - 1) * (lo - hi)) ** self.rho
+        return edm_sigmas(self.num_steps, self.rho, sigma_min, sigma_max)
+
+
+def edm_sigmas(n: int, rho: float, sigma_min: float, sigma_max: float) -> Tensor:
+    """EDM Eq. 5 with n steps, float64."""
+    i = torch.arange(n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + i / (n - 1) * (lo - hi)) ** rho
 
 
 @timesteps.register
@@ -147,3 +154,115 @@ class UniformSteps(Timesteps):
         ends = schedule.sigma_inv(torch.tensor([sigma_max, sigma_min], dtype=torch.float64))
         t = ends[0] + self._i() / (self.num_steps - 1) * (ends[1] - ends[0])
         return schedule.sigma(t)
+
+
+@timesteps.register
+class SigmaList(Timesteps):
+    """Given noise levels σ_0 > … > σ_{N−1}: a published schedule, or fitted ones (GITS)."""
+
+    name: Literal["sigmas"] = "sigmas"
+    sigmas: tuple[PositiveFloat, ...] = Field(min_length=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "sigmas" in data and "num_steps" not in data:
+            data = {**data, "num_steps": len(data["sigmas"])}
+        return data
+
+    @model_validator(mode="after")
+    def _decreasing(self) -> SigmaList:
+        if self.num_steps != len(self.sigmas):
+            raise ValueError(
+                f"num_steps ({self.num_steps}) must be len(sigmas) ({len(self.sigmas)})"
+            )
+        if any(a <= b for a, b in itertools.pairwise(self.sigmas)):
+            raise ValueError("sigmas must be strictly decreasing")
+        if self.sigma_min is not None or self.sigma_max is not None:
+            raise ValueError("sigmas set their own range: leave sigma_min and sigma_max unset")
+        return self
+
+    def default_range(self, schedule: Schedule) -> tuple[float, float]:
+        return self.sigmas[-1], self.sigmas[0]
+
+    def sigma_steps(self, schedule: Schedule, sigma_min: float, sigma_max: float) -> Tensor:
+        if (sigma_min, sigma_max) != self.default_range(schedule):
+            raise ValueError(
+                f"the denoiser supports σ in [{sigma_min:g}, {sigma_max:g}] only, "
+                f"not the whole list [{self.sigmas[-1]:g}, {self.sigmas[0]:g}]"
+            )
+        return torch.tensor(self.sigmas, dtype=torch.float64)
+
+
+@timesteps.register
+class GITSSteps(Timesteps):
+    """Geometry-inspired time scheduling (Chen et al. 2024, "On the Trajectory Regularity of
+    ODE-based Diffusion Sampling"): N of the ``fine_steps`` EDM steps (Eq. 5, ρ), chosen by
+    dynamic programming as the path of least total Euler local error along the model's own
+    trajectories from ``calibration_samples`` latents (a Heun teacher on the fine steps).
+
+    The steps depend on the model: ``engine.sample.fit_steps`` fits them once per model and
+    samples with the result as ``sigmas``.
+    """
+
+    name: Literal["gits"] = "gits"
+    fine_steps: int = Field(128, ge=3)
+    rho: float = Field(7.0, gt=0)
+    calibration_samples: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _enough_fine_steps(self) -> GITSSteps:
+        if self.fine_steps < self.num_steps:
+            raise ValueError(
+                f"fine_steps ({self.fine_steps}) must be >= num_steps ({self.num_steps})"
+            )
+        return self
+
+    def default_range(self, schedule: Schedule) -> tuple[float, float]:
+        return 0.002, 80.0
+
+    @property
+    def calibration_evaluations(self) -> int:
+        """Denoiser evaluations of the fit: Heun's two per fine step and calibration sample
+        (fewer where the model's discrete noise levels merge fine steps)."""
+        return 2 * (self.fine_steps - 1) * self.calibration_samples
+
+    def fine_sigmas(self, sigma_min: float, sigma_max: float) -> Tensor:
+        """The candidate steps: EDM Eq. 5 with ``fine_steps`` steps."""
+        return edm_sigmas(self.fine_steps, self.rho, sigma_min, sigma_max)
+
+    def sigma_steps(self, schedule: Schedule, sigma_min: float, sigma_max: float) -> Tensor:
+        raise ValueError(
+            "gits time steps depend on the model: fit them first with "
+            "edmgrid.engine.sample.fit_steps (edmgrid run does so for every job)"
+        )
+
+    @staticmethod
+    def local_errors(sigmas: Tensor, x: Tensor, d: Tensor) -> Tensor:
+        """E_ij = Σ_n ‖x_i + (σ_j − σ_i)·d_i − x_j‖² for i < j, +inf elsewhere: the error of one
+        Euler step from the teacher's state x_i at σ_i to σ_j, summed over a batch.
+
+        ``x``: the teacher's states [G, n, …] at the G ``sigmas``; ``d``: its slopes
+        dx/dσ = (x − D(x; σ))/σ at the first G − 1 of them.
+        """
+        G = len(sigmas)
+        errors = torch.full((G, G), math.inf, dtype=torch.float64)
+        for i in range(G - 1):
+            h = (sigmas[i + 1 :] - sigmas[i]).reshape(-1, *[1] * (x.dim() - 1))
+            errors[i, i + 1 :] = (x[i] + h * d[i] - x[i + 1 :]).pow(2).flatten(1).sum(1)
+        return errors
+
+    def choose(self, sigmas: Tensor, cost: Tensor) -> SigmaList:
+        """The ``num_steps`` of the G ``sigmas`` from the first to the last whose consecutive
+        pairs (i, j) have the least total ``cost[i, j]`` (dynamic programming, O(N·G²))."""
+        G, N = len(sigmas), self.num_steps
+        best = torch.full((G,), math.inf, dtype=torch.float64)
+        best[0] = 0.0  # best[j]: least cost of k steps from σ_0 that end at σ_j
+        came_from = []
+        for _ in range(N - 1):
+            best, prev = (best[:, None] + cost).min(0)
+            came_from.append(prev)
+        path = [G - 1]
+        for prev in reversed(came_from):
+            path.append(int(prev[path[-1]]))
+        return SigmaList(sigmas=tuple(float(sigmas[j]) for j in reversed(path)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -10,13 +11,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from edmgrid.design.timesteps import GITSSteps, SigmaList
 from edmgrid.engine.data import Dataset
-from edmgrid.engine.denoiser import Denoiser, label_dim
+from edmgrid.engine.denoiser import Denoiser
 from edmgrid.engine.metrics import Evaluation
-from edmgrid.engine.sample import CountingDenoiser, SeedRNG, plan, sample
+from edmgrid.engine.sample import CountingDenoiser, fit_steps, plan, sample, seed_inputs
 from edmgrid.errors import JobError
 from edmgrid.run.store import atomic_write, file_lock, load_cached
-from edmgrid.spec.job import JobSpec, content_hash, model_key
+from edmgrid.spec.job import JobSpec, content_hash, model_key, model_settings
 from edmgrid.spec.sampler import SamplerSpec
 
 #: Samples per denoiser call; results do not depend on it (one generator per seed).
@@ -54,33 +56,25 @@ def sample_seeds(
     shape: tuple[int, ...],
     progress: Progress | None = None,
 ) -> Tensor:
-    """Samples for every seed, in batches of at most MAX_BATCH (float64).
-
-    Per seed, as the official generate.py: the latents, then (for a class-conditional denoiser)
-    a class drawn uniformly from its generator as a one-hot label, then the solver's noise.
-    """
-    num_classes = label_dim(denoiser)
+    """Samples for every seed, in batches of at most MAX_BATCH (float64); each seed's inputs
+    and noise as ``seed_inputs`` gives them."""
     out = []
     for lo in range(0, len(seeds), MAX_BATCH):
         batch = seeds[lo : lo + MAX_BATCH]
-        rng = SeedRNG(batch)
-        x_T = rng.randn([len(batch), *shape])
-        labels = None
-        if num_classes:
-            labels = torch.eye(num_classes)[rng.randint(num_classes, [len(batch)])]
+        x_T, labels, rng = seed_inputs(denoiser, batch, shape)
         out.append(sample(denoiser, x_T, spec, labels, randn_like=rng.randn_like))
         if progress:
             progress(lo + len(batch), len(seeds))
     return torch.cat(out)
 
 
-def cached_samples(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tensor]) -> Tensor:
-    """Samples cached on disk by the content hash of ``key`` (reference solutions).
+def cached_tensor(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tensor]) -> Tensor:
+    """A tensor cached on disk by the content hash of ``key`` (reference solutions, fitted steps).
 
-    Computed once under a file lock: concurrent workers that need the same samples wait for
+    Computed once under a file lock: concurrent workers that need the same tensor wait for
     the first one instead of repeating its work. An unreadable file is quarantined and made again.
     """
-    path = cache_dir / "samples" / f"{content_hash(key)}.pt"
+    path = cache_dir / "tensors" / f"{content_hash(key)}.pt"
     with file_lock(path.with_name(f"{path.name}.lock")):
         cached: Tensor | None = load_cached(path, cache_dir)
         if cached is not None:
@@ -90,6 +84,25 @@ def cached_samples(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tens
     return x
 
 
+def fitted_sampler(
+    job: JobSpec, denoiser: Denoiser, dataset: Dataset, cache_dir: Path
+) -> SamplerSpec:
+    """The job's sampler with model-dependent time steps fitted (``fit_steps``), cached on disk
+    per model; any other sampler as it is."""
+    ts = job.sampler.timesteps
+    if not isinstance(ts, GITSSteps):
+        return job.sampler
+
+    def fit() -> Tensor:
+        fitted = fit_steps(denoiser, job.sampler, dataset.sample_shape).timesteps
+        assert isinstance(fitted, SigmaList)
+        return torch.tensor(fitted.sigmas, dtype=torch.float64)
+
+    key = {**model_settings(job), "fit_steps": job.sampler.model_dump(mode="json")}
+    sigmas = cached_tensor(cache_dir, key, fit).tolist()
+    return job.sampler.model_copy(update={"timesteps": SigmaList(sigmas=sigmas)})
+
+
 def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Check the metrics can be had, sample the job's seeds, check the samples are finite, and
     compute the metrics."""
@@ -97,22 +110,18 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
         metric.check(job)
     dataset = job.data.load()
     denoiser = load_denoiser(job, dataset, cache_dir)
+    sampler = fitted_sampler(job, denoiser, dataset, cache_dir)
     counter = CountingDenoiser(denoiser)
     seeds = job.seed_list
-    samples = sample_seeds(counter, job.sampler, seeds, dataset.sample_shape, progress)
+    samples = sample_seeds(counter, sampler, seeds, dataset.sample_shape, progress)
     if not torch.isfinite(samples).all():
         bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
         raise JobError(f"sampler produced non-finite values in {bad} of {len(seeds)} samples")
-    sigma_steps = plan(denoiser, job.sampler).sigma_steps
+    sigma_steps = plan(denoiser, sampler).sigma_steps
 
     def resample(spec: SamplerSpec) -> Tensor:
-        key = {
-            "data": job.data.model_dump(mode="json"),
-            "model": job.model.model_dump(mode="json"),
-            "sampler": spec.model_dump(mode="json"),
-            "seeds": job.seeds,
-        }
-        return cached_samples(
+        key = {**model_settings(job), "sampler": spec.model_dump(mode="json"), "seeds": job.seeds}
+        return cached_tensor(
             cache_dir, key, lambda: sample_seeds(denoiser, spec, seeds, dataset.sample_shape)
         )
 
@@ -125,7 +134,7 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
         sigma_last=float(sigma_steps[-2]),
         cache_dir=cache_dir,
         resample=resample,
-        generate=lambda other: sample_seeds(denoiser, job.sampler, other, dataset.sample_shape),
+        generate=lambda other: sample_seeds(denoiser, sampler, other, dataset.sample_shape),
     )
     row: dict[str, Any] = {
         "nfe": counter.evaluations / len(seeds),
@@ -133,6 +142,9 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
         "sigma_max_used": ev.sigma_first,
         "sigma_min_used": ev.sigma_last,
     }
+    if isinstance(job.sampler.timesteps, GITSSteps):
+        row["fitted_sigmas"] = json.dumps(sigma_steps[:-1].tolist())
+        row["calibration_evaluations"] = job.sampler.timesteps.calibration_evaluations
     for metric in job.metrics:
         for column, value in metric.compute(ev).items():
             if isinstance(value, float) and not math.isfinite(value):
@@ -145,4 +157,5 @@ def draw_samples(job: JobSpec, cache_dir: Path, n: int) -> tuple[Dataset, Tensor
     """The data set and the samples of the job's first ``n`` seeds (the same as in its run)."""
     dataset = job.data.load()
     denoiser = build_denoiser(job, dataset, cache_dir)
-    return dataset, sample_seeds(denoiser, job.sampler, job.seed_list[:n], dataset.sample_shape)
+    sampler = fitted_sampler(job, denoiser, dataset, cache_dir)
+    return dataset, sample_seeds(denoiser, sampler, job.seed_list[:n], dataset.sample_shape)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
-from edmgrid.design.ode import ProbabilityFlow
+from edmgrid.design.ode import Denoise, ProbabilityFlow
+from edmgrid.design.timesteps import GITSSteps
 from edmgrid.engine.denoiser import Denoiser, label_dim
 from edmgrid.spec.sampler import SamplerSpec
 
@@ -63,19 +67,23 @@ class Plan:
         return self.ode.sigma(self.t_steps)
 
 
-def plan(denoiser: Denoiser, spec: SamplerSpec, class_labels: Tensor | None = None) -> Plan:
-    """Clamp the σ range to the denoiser's, bind σ(t), and build t_i = σ⁻¹(round_sigma(σ_i))."""
+def sigma_bounds(denoiser: Denoiser, spec: SamplerSpec) -> tuple[float, float]:
+    """The σ range asked for, clamped to the denoiser's."""
     asked_min, asked_max = spec.sigma_range()
     net_min, net_max = denoiser.sigma_range()
-    ts = spec.timesteps
     sigma_min, sigma_max = max(asked_min, net_min), min(asked_max, net_max)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"empty σ range [{sigma_min}, {sigma_max}] after clamping to the model's")
+    return sigma_min, sigma_max
+
+
+def plan(denoiser: Denoiser, spec: SamplerSpec, class_labels: Tensor | None = None) -> Plan:
+    """Clamp the σ range to the denoiser's, bind σ(t), and build t_i = σ⁻¹(round_sigma(σ_i))."""
+    sigma_min, sigma_max = sigma_bounds(denoiser, spec)
+    ts = spec.timesteps
     schedule = spec.schedule.bind(sigma_min, sigma_max)
 
-    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
-        return denoiser(x, sigma, class_labels).to(torch.float64)
-
+    denoise = partial(_denoise, denoiser, class_labels)
     ode = ProbabilityFlow(schedule, spec.scaling, denoise, denoiser.round_sigma)
     sigma_steps = ts.sigma_steps(schedule, sigma_min, sigma_max)
     t_steps = ode.t_of_sigma(sigma_steps)
@@ -99,6 +107,65 @@ def sample(
     t0 = p.t_steps[0]
     x = latents.to(torch.float64) * p.ode.sigma(t0) * p.ode.s(t0)
     return spec.solver.solve(p.ode, x, p.t_steps, randn_like)
+
+
+def seed_inputs(
+    denoiser: Denoiser, seeds: Sequence[int], shape: Sequence[int]
+) -> tuple[Tensor, Tensor | None, SeedRNG]:
+    """Per seed, as the official generate.py: the latents, then (for a class-conditional
+    denoiser) a class drawn uniformly from its generator as a one-hot label; and the
+    generators, which go on to give the solver's noise."""
+    rng = SeedRNG(seeds)
+    x_T = rng.randn([len(seeds), *shape])
+    num_classes = label_dim(denoiser)
+    labels = None
+    if num_classes:
+        labels = torch.eye(num_classes)[rng.randint(num_classes, [len(seeds)])]
+    return x_T, labels, rng
+
+
+#: Calibration latents (GITS) use the seeds from here on, apart from those of any run.
+CALIBRATION_SEED = 1 << 31
+
+
+@torch.no_grad()
+def teacher(denoise: Denoise, x: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
+    """States x(σ_k) of EDM Heun along ``sigmas`` (σ(t) = t, s = 1) from x(σ_0) = ``x``, and
+    the slopes dx/dσ = (x − D(x; σ))/σ at all but the last state."""
+    states, slopes = [x], []
+    for sigma, sigma_next in itertools.pairwise(sigmas):
+        d = (x - denoise(x, sigma)) / sigma
+        h = sigma_next - sigma
+        x_pred = x + h * d
+        x = x + h / 2 * (d + (x_pred - denoise(x_pred, sigma_next)) / sigma_next)
+        states.append(x)
+        slopes.append(d)
+    return torch.stack(states), torch.stack(slopes)
+
+
+def fit_steps(denoiser: Denoiser, spec: SamplerSpec, shape: Sequence[int]) -> SamplerSpec:
+    """``spec`` with model-dependent time steps (GITS) fitted to ``denoiser``, as ``sigmas``;
+    any other spec as it is. The teacher runs in batches of at most 2²⁴ values per history."""
+    ts = spec.timesteps
+    if not isinstance(ts, GITSSteps):
+        return spec
+    grid = ts.fine_sigmas(*sigma_bounds(denoiser, spec))
+    sigmas = denoiser.round_sigma(grid).unique_consecutive()
+    if len(sigmas) < ts.num_steps:
+        raise ValueError(f"the model has {len(sigmas)} noise levels in range, < num_steps")
+    seeds = range(CALIBRATION_SEED, CALIBRATION_SEED + ts.calibration_samples)
+    batch = max(1, (1 << 24) // (len(sigmas) * math.prod(shape)))
+    cost = torch.zeros(len(sigmas), len(sigmas), dtype=torch.float64)
+    for lo in range(0, len(seeds), batch):
+        x_T, labels, _ = seed_inputs(denoiser, seeds[lo : lo + batch], shape)
+        denoise = partial(_denoise, denoiser, labels)
+        states, slopes = teacher(denoise, x_T.double() * sigmas[0], sigmas)
+        cost += ts.local_errors(sigmas, states, slopes)
+    return spec.model_copy(update={"timesteps": ts.choose(sigmas, cost)})
+
+
+def _denoise(denoiser: Denoiser, labels: Tensor | None, x: Tensor, sigma: Tensor) -> Tensor:
+    return denoiser(x, sigma, labels).to(torch.float64)
 
 
 class CountingDenoiser:

@@ -88,6 +88,11 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def model_settings(job: JobSpec) -> dict[str, Any]:
+    """The job's data and model settings, which fix its denoiser."""
+    return job.model_dump(mode="json", include={"data", "model"})
+
+
 def model_key(job: JobSpec) -> str:
     """Jobs with one model key sample from the same denoiser (data and model config)."""
-    return content_hash(job.model_dump(mode="json", include={"data", "model"}))
+    return content_hash(model_settings(job))
