@@ -19,8 +19,9 @@ from typing import Any
 import torch
 import yaml
 
+from edmgrid.engine.progress import Progress
 from edmgrid.errors import JobError
-from edmgrid.run.jobs import Progress, Task
+from edmgrid.run.jobs import Task
 from edmgrid.run.store import atomic_write, load_cached
 from edmgrid.spec.job import JobSpec, content_hash
 from edmgrid.spec.space import Space, load_space

@@ -11,8 +11,8 @@ import pytest
 from fake_training import FakeTrainer, toy_space
 
 from edmgrid.errors import SpecError
-from edmgrid.run.executors import LocalExecutor, WorkerSlot, assign_devices, make_executor
-from edmgrid.run.runner import run_space
+from edmgrid.run.executors import Event, LocalExecutor, WorkerSlot, assign_devices, make_executor
+from edmgrid.run.runner import _Display, run_space
 from edmgrid.run.store import Store
 
 
@@ -121,7 +121,7 @@ def test_workers_that_cannot_start_stop_the_run_instead_of_failing_every_job(
         "from pathlib import Path\n"
         "from fake_training import toy_space\n"
         "from edmgrid.run.executors import LocalExecutor\n"
-        "from edmgrid.run.runner import run_space\n"
+        "from edmgrid.run.runner import _Display, run_space\n"
         "from edmgrid.run.store import Store\n"
         f"folder = Path({str(tmp_path)!r})\n"
         "space = toy_space(folder, 'a', {'sampler.timesteps.num_steps': [2, 3]})\n"
@@ -135,3 +135,12 @@ def test_workers_that_cannot_start_stop_the_run_instead_of_failing_every_job(
     assert proc.returncode == 1
     assert "worker 0 exited (code 1) before it could run a job" in proc.stderr
     assert not list((tmp_path / "r" / "runs").glob("*.parquet"))
+
+
+def test_the_progress_display_shows_a_workers_job_and_its_running_loss():
+    display = _Display("space", total=2, show=False)
+    display.show(Event(1, "t", "started", device="cpu"), "vp-E train")
+    display.show(Event(1, "t", "progress", 64, 256, note="loss 0.4321"), "vp-E train")
+    line = display.bar.tasks[display.workers[1]]
+    assert line.description == "  [1] cpu vp-E train loss 0.4321"
+    assert (line.completed, line.total) == (64, 256)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from fake_training import toy_space
@@ -156,3 +158,16 @@ def test_ema_follows_official_halflife_and_rampup():
     ema.weight.data.fill_(0.0)
     update_ema(ema, net, 1.0, 0.05, seen=2000, batch=100)
     assert float(ema.weight.detach()) == pytest.approx(0.5)
+
+
+def test_training_progress_reports_images_and_the_running_loss(tmp_path):
+    calls: list[tuple[int, int, str]] = []
+    row = train(
+        job("vp-E"), tmp_path, lambda done, total, note="": calls.append((done, total, note))
+    )
+    assert [done for done, _, _ in calls] == [128, 256] and {t for _, t, _ in calls} == {256}
+    losses = [float(note.removeprefix("loss ")) for _, _, note in calls]
+    assert all(note.startswith("loss ") for _, _, note in calls)
+    # the running loss at the end averages both steps; loss_final averages the last tenth
+    assert losses[-1] != pytest.approx(losses[0]) and math.isfinite(losses[-1])
+    assert row["loss_final"] == pytest.approx(2 * losses[-1] - losses[0], rel=1e-2)

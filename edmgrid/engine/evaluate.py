@@ -15,6 +15,7 @@ from edmgrid.design.timesteps import GITSSteps, SigmaList
 from edmgrid.engine.data import Dataset
 from edmgrid.engine.denoiser import Denoiser
 from edmgrid.engine.metrics import Evaluation
+from edmgrid.engine.progress import Progress
 from edmgrid.engine.sample import CountingDenoiser, fit_steps, plan, sample, seed_inputs
 from edmgrid.errors import JobError
 from edmgrid.run.store import atomic_write, file_lock, load_cached
@@ -23,8 +24,6 @@ from edmgrid.spec.sampler import SamplerSpec
 
 #: Samples per denoiser call; results do not depend on it (one generator per seed).
 MAX_BATCH = 512
-
-Progress = Callable[[int, int], None]
 
 
 def build_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edmgrid.engine.data import Dataset
+from edmgrid.engine.progress import Progress
 from edmgrid.errors import JobError
 from edmgrid.lazy import torch
 from edmgrid.spec.job import JobSpec, content_hash
@@ -26,8 +26,6 @@ from edmgrid.spec.model import TrainedModel
 
 if TYPE_CHECKING:
     from edmgrid.engine.denoiser import PrecondDenoiser
-
-Progress = Callable[[int, int], None]
 
 
 def training_key(job: JobSpec) -> str | None:
@@ -75,6 +73,10 @@ def load_trained(job: JobSpec, dataset: Dataset, cache_dir: Path) -> PrecondDeno
     denoiser = build_network(job.model, dataset)
     denoiser.load_state_dict(state["ema"])
     return denoiser.eval().requires_grad_(False)
+
+
+#: Steps the loss shown in the progress display is averaged over.
+RUNNING_LOSS_STEPS = 20
 
 
 def train(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
@@ -149,7 +151,8 @@ def fit(
         last_loss = float(loss.detach())
         losses.append(last_loss)
         if progress:
-            progress(min(seen, total), total)
+            recent = losses[-RUNNING_LOSS_STEPS:]
+            progress(min(seen, total), total, f"loss {sum(recent) / len(recent):.4g}")
     seconds = time.perf_counter() - start
     tail = losses[-max(1, len(losses) // 10) :]
     meta = {

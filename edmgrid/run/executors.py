@@ -47,6 +47,7 @@ class Event:
     total: int = 0
     device: str = ""
     row: dict[str, Any] | None = None
+    note: str = ""  # with ``progress``: the job's status, e.g. its running loss
 
 
 Emit = Callable[[Event], None]
@@ -75,17 +76,16 @@ class Executor(Protocol):
 
 
 class _Reporter:
-    """A worker's ``progress(done, total)`` callback, throttled to one event per
-    ``PROGRESS_EVERY_S``."""
+    """A worker's ``Progress`` callback, throttled to one event per ``PROGRESS_EVERY_S``."""
 
     def __init__(self, send: Emit, worker: int, task: str) -> None:
         self.send, self.worker, self.task, self.last = send, worker, task, 0.0
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, note: str = "") -> None:
         now = time.monotonic()
         if done >= total or now - self.last >= PROGRESS_EVERY_S:
             self.last = now
-            self.send(Event(self.worker, self.task, "progress", done, total))
+            self.send(Event(self.worker, self.task, "progress", done, total, note=note))
 
 
 def _execute(task: Task, root: str, worker: int, send: Emit) -> dict[str, Any]:

@@ -7,13 +7,13 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from edmgrid import __version__
+from edmgrid.engine.progress import Progress
 from edmgrid.errors import EdmgridError
 from edmgrid.run.store import Store, atomic_write
 from edmgrid.spec.job import JobSpec
@@ -21,9 +21,6 @@ from edmgrid.spec.job import JobSpec
 DISCRIMINATORS = ("name", "arch", "kind")
 #: Labels that keep their own name as a column (``family``/``config`` of a Table 2 preset).
 LABELS = ("family", "config", "budget")
-
-#: ``progress(done, total)``: a job's own steps (training images or samples).
-Progress = Callable[[int, int], None]
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -168,6 +168,7 @@ class _Display:
         self.bar = Progress(*columns, disable=not show)
         self.overall = self.bar.add_task(name, total=total)
         self.workers: dict[int, Any] = {}
+        self.labels: dict[int, str] = {}
 
     def __enter__(self) -> _Display:
         self.bar.__enter__()
@@ -184,10 +185,11 @@ class _Display:
     def show(self, event: Event, label: str) -> None:
         line = self.line(event.worker)
         if event.kind == "started":
-            text = f"  [{event.worker}] {event.device} {label}"
+            self.labels[event.worker] = text = f"  [{event.worker}] {event.device} {label}"
             self.bar.update(line, description=text, completed=0, total=None, visible=True)
         elif event.kind == "progress":
-            self.bar.update(line, completed=event.done, total=event.total)
+            text = " ".join(filter(None, [self.labels.get(event.worker, ""), event.note]))
+            self.bar.update(line, completed=event.done, total=event.total, description=text)
         else:
             self.bar.update(line, visible=False)
 
