@@ -144,3 +144,19 @@ def test_the_progress_display_shows_a_workers_job_and_its_running_loss():
     line = display.bar.tasks[display.workers[1]]
     assert line.description == "  [1] cpu vp-E train loss 0.4321"
     assert (line.completed, line.total) == (64, 256)
+
+
+def test_a_worker_caps_torch_and_numpy_blas_at_its_threads():
+    """numpy's OpenBLAS takes a thread per core unless capped: 2 workers would share 4."""
+    probe = (
+        "import sys, threadpoolctl, torch; from edmgrid.run.executors import _limit_threads; "
+        "_limit_threads(int(sys.argv[1])); "
+        "pools = {p['num_threads'] for p in threadpoolctl.threadpool_info()}; "
+        "print(torch.get_num_threads(), *pools)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    for threads in (1, 2):
+        out = subprocess.run(
+            [sys.executable, "-c", probe, str(threads)], env=env, capture_output=True, text=True
+        )
+        assert out.stdout.split() == [str(threads), str(threads)], out.stderr
