@@ -123,7 +123,7 @@ EXECUTOR = typer.Option(
     "local", "--executor", "-x", help="Where jobs run: local (worker processes), serial, ray."
 )
 WORKERS = typer.Option(
-    None, "--workers", "-w", help="Local workers (default: one per GPU, else 1)."
+    None, "--workers", "-w", help="Local workers (default: one per GPU, else one per core up to 4)."
 )
 DEVICES = typer.Option(None, "--devices", help="Local: only these GPU ids, e.g. 0,2.")
 GPUS = typer.Option(

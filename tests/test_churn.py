@@ -20,6 +20,7 @@ from edmgrid.engine.train import training_key
 from edmgrid.errors import EdmgridError, SpecError
 from edmgrid.run import churn, jobs
 from edmgrid.run.churn import (
+    PARAMS,
     ChurnSearch,
     JournalLock,
     Options,
@@ -190,6 +191,20 @@ def test_sigkilled_study_keeps_its_finished_trials_and_a_rerun_completes_it(
     rows = Store(results).query("SELECT job_id, fd_raw FROM runs WHERE stage = 'search'")
     stored = dict(zip(rows["job_id"], rows["fd_raw"], strict=True))
     assert [stored[t.user_attrs["job_id"]] for t in s.trials] == [t.value for t in s.trials]
+
+
+def test_a_trial_killed_while_drawing_its_parameters_is_completed_not_failed(
+    space, results, monkeypatch
+):
+    args = ["--space", space, "-r", results, "--sampler", "random", *FAST]
+    assert cli(monkeypatch, *args, "--trials", 2) == 0  # the paper's and the deterministic
+    stale = study(results).ask()  # a driver killed after drawing S_churn only
+    S_churn = stale.suggest_float("S_churn", 0.0, 80.0)
+    assert cli(monkeypatch, *args, "--trials", 4) == 0
+    s = study(results)
+    assert [t.state for t in s.trials] == [TrialState.COMPLETE] * 4
+    assert s.trials[stale.number].params["S_churn"] == S_churn
+    assert set(s.trials[stale.number].params) == set(PARAMS)
 
 
 @pytest.mark.slow

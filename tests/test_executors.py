@@ -11,7 +11,14 @@ import pytest
 from fake_training import FakeTrainer, toy_space
 
 from edmgrid.errors import SpecError
-from edmgrid.run.executors import Event, LocalExecutor, WorkerSlot, assign_devices, make_executor
+from edmgrid.run.executors import (
+    CPU_WORKERS,
+    Event,
+    LocalExecutor,
+    WorkerSlot,
+    assign_devices,
+    make_executor,
+)
 from edmgrid.run.runner import _Display, run_space
 from edmgrid.run.store import Store
 
@@ -34,8 +41,13 @@ def test_more_workers_than_gpus_share_them_round_robin() -> None:
     assert {s.threads for s in slots} == {1}
 
 
-def test_cpu_workers_divide_the_threads_and_default_to_one_worker() -> None:
-    assert assign_devices(None, None, [], cpus=2) == [WorkerSlot(0, None, 2)]
+def test_cpu_workers_divide_the_threads_and_default_to_one_per_core_up_to_four() -> None:
+    assert assign_devices(None, None, [], cpus=2) == [
+        WorkerSlot(0, None, 1),
+        WorkerSlot(1, None, 1),
+    ]
+    assert assign_devices(None, None, [], cpus=1) == [WorkerSlot(0, None, 1)]
+    assert [s.threads for s in assign_devices(None, None, [], cpus=16)] == [4, 4, 4, 4]
     assert assign_devices(None, 2, [], cpus=2) == [WorkerSlot(0, None, 1), WorkerSlot(1, None, 1)]
     assert assign_devices(None, 3, [], cpus=2, threads=2)[2].threads == 2
 
@@ -85,7 +97,8 @@ def test_a_run_with_nothing_to_do_neither_counts_gpus_nor_starts_workers(tmp_pat
     again = run_space(space, store, executor=executor)
     assert again.counts["skipped"] == 2 and not again.executed
     assert counted == [] and executor.workers == {}
-    assert executor.free() == [0] and counted == [1]
+    cpu_workers = min(os.cpu_count() or 1, CPU_WORKERS)
+    assert executor.free() == list(range(cpu_workers)) and counted == [1]
 
 
 def test_local_workers_each_see_only_their_simulated_gpu(tmp_path: Path) -> None:

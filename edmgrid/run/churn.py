@@ -507,17 +507,23 @@ class Driver:
 
     def search(self, trials: int) -> None:
         """Run trials until the study has ``trials`` finished ones; stale running trials (of a
-        killed driver) are evaluated first."""
+        killed driver) are evaluated first, drawing any parameter it had not drawn yet."""
         study, metric = self.study, self.settings.metric
         stale = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if set(PARAMS) <= set(t.params):
-                item = self.item(t.number, t.params, "search")
-                if "job_id" not in t.user_attrs:  # killed between asking and recording it
-                    optuna.Trial(study, t._trial_id).set_user_attr("job_id", item.job.job_id)
-                stale.append(item)
-            else:
-                study.tell(t.number, state=TrialState.FAIL)
+            trial = optuna.Trial(study, t._trial_id)
+            params: dict[str, float] = {}
+            for name in PARAMS:
+                d = self.distributions[name]
+                assert isinstance(d, FloatDistribution)
+                if name in t.params:
+                    params[name] = t.params[name]
+                else:  # the killed driver had not drawn it yet
+                    params[name] = trial.suggest_float(name, d.low, d.high, log=d.log)
+            item = self.item(t.number, params, "search")
+            if "job_id" not in t.user_attrs:  # killed between asking and recording it
+                trial.set_user_attr("job_id", item.job.job_id)
+            stale.append(item)
         finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
 
         def asked() -> Iterator[TrialJob]:

@@ -149,6 +149,10 @@ def visible_gpus() -> list[str]:
     return ids[:count] if env is not None else [str(i) for i in range(count)]
 
 
+#: Default number of workers on a machine without GPUs (each holds its own model and data).
+CPU_WORKERS = 4
+
+
 def assign_devices(
     devices: list[str] | None,
     workers: int | None,
@@ -158,7 +162,9 @@ def assign_devices(
 ) -> list[WorkerSlot]:
     """Local workers: one per GPU in ``devices`` (default: every GPU in ``gpus``; with
     ``workers``, the devices round-robin over that many workers), or ``workers`` CPU workers
-    (default 1) when there is no GPU. Torch threads: ``threads``, else the cores divided evenly.
+    when there is no GPU (default: one per core, at most ``CPU_WORKERS``: on 2 cores, 2 workers
+    of 1 thread ran an evaluation grid 1.4× faster than 1 of 2 threads, bench/RESULTS.md).
+    Threads per worker: ``threads``, else the cores divided evenly.
     """
     if workers is not None and workers < 1:
         raise SpecError(f"--workers must be at least 1, not {workers}")
@@ -173,7 +179,7 @@ def assign_devices(
                 f"--devices: no GPU {', '.join(unknown)}; visible GPUs: {', '.join(gpus)}"
             )
         chosen = list(devices or gpus)
-    n = workers or len(chosen)
+    n = workers or (len(chosen) if gpus else min(cpus, CPU_WORKERS))
     per = threads or max(1, cpus // n)
     return [WorkerSlot(k, chosen[k % len(chosen)], per) for k in range(n)]
 
