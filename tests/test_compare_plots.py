@@ -83,6 +83,23 @@ def test_one_line_per_sampler_family_and_per_other_varying_setting(tmp_path: Pat
     matplotlib.pyplot.close(fig)
 
 
+def test_line_labels_leave_out_parameters_a_choice_does_not_have(tmp_path: Path) -> None:
+    rows = [_row(0, "heun", 4)]
+    for order in (2, 3):
+        solver = {"name": "dpmpp", "order": order}
+        config = json.dumps({"sampler": {"solver": solver}})
+        rows.append({**rows[0], "solver": "dpmpp", "solver_order": order, "config_json": config})
+    fig, ax = matplotlib.pyplot.subplots()
+    _lines(ax, pd.DataFrame(rows), "ode_error")
+    _, labels = ax.get_legend_handles_labels()
+    assert labels == [
+        "dpmpp/edm/linear/none solver_order=2.0",
+        "dpmpp/edm/linear/none solver_order=3.0",
+        "heun/edm/linear/none",  # not "solver_order=nan"
+    ]
+    matplotlib.pyplot.close(fig)
+
+
 def test_table2_rows_become_grouped_bars(tmp_path: Path) -> None:
     rows = [
         {"config": c, "family": f, "fid": 2.0 + i / 10, "config_json": "{}"}

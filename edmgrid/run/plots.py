@@ -75,7 +75,8 @@ def plot_results(frame: Any, value: str, out: Path, title: str) -> str:
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out)
+        legend = [ax.get_legend()] if ax.get_legend() else []  # beside the axes
+        fig.savefig(out, bbox_inches="tight", bbox_extra_artists=legend)
     finally:
         plt.close(fig)
     return kind
@@ -103,7 +104,7 @@ def _lines(ax: Any, frame: Any, value: str) -> None:
     for key, rows in groups:
         parts = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
         label = "/".join(str(parts[c]) for c in keys if c in FAMILY)
-        extra = ", ".join(f"{c}={parts[c]}" for c in varying)
+        extra = ", ".join(f"{c}={parts[c]}" for c in varying if not _missing(parts[c]))
         curve = rows.groupby(NFE)[value].mean().sort_index()
         ax.plot(curve.index, curve.values, marker="o", label=f"{label} {extra}".strip())
     plain = _plain_numbers()
@@ -117,7 +118,13 @@ def _lines(ax: Any, frame: Any, value: str) -> None:
         ax.yaxis.set_minor_formatter(_plain_numbers(mantissas=few))
     ax.set_xlabel("NFE")
     ax.set_ylabel(value)
-    ax.legend(fontsize=7)
+    legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    legend.set_in_layout(False)  # beside the axes, which keep their size; the saved image grows
+
+
+def _missing(value: Any) -> bool:
+    """A parameter the row's choice does not have (NaN/NA in the pivoted frame)."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "<NA>"
 
 
 def _bars(ax: Any, frame: Any, value: str, config: str, family: str) -> None:
