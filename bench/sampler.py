@@ -29,10 +29,19 @@ import torch
 from torch import Tensor, nn
 
 from edmgrid.design.precond import EDMPrecond
+from edmgrid.design.timesteps import GITSSteps
 from edmgrid.engine.data import Digits
 from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser, PrecondDenoiser
 from edmgrid.engine.metrics import ODEError, rms_distance
-from edmgrid.engine.sample import CountingDenoiser, SeedRNG, fit_steps, latents, plan, sample
+from edmgrid.engine.sample import (
+    CountingDenoiser,
+    SeedRNG,
+    calibration_cost,
+    fit_steps,
+    latents,
+    plan,
+    sample,
+)
 from edmgrid.spec.presets import SAMPLER
 from edmgrid.spec.sampler import SamplerSpec
 
@@ -281,6 +290,7 @@ class Probe:
         self.latents = latents(range(samples), data.sample_shape)
         self.ode_error = ode_error
         self.references: dict[tuple[float, float], Tensor] = {}
+        self.costs: dict[str, Tensor] = {}  # GITS calibrations, by settings but num_steps
 
     def sigma_range(self, spec: SamplerSpec) -> tuple[float, float]:
         """σ_{N−1} and σ_0 of the run."""
@@ -290,7 +300,12 @@ class Probe:
     def error(self, spec: SamplerSpec) -> tuple[float, float]:
         """(NFE measured, ODE error) of one run; model-dependent steps are fitted first, and
         their calibration is not counted."""
-        spec = fit_steps(self.denoiser, spec, self.latents.shape[1:])
+        shape = self.latents.shape[1:]
+        if isinstance(spec.timesteps, GITSSteps):
+            settings = spec.timesteps.model_dump_json(exclude={"num_steps"})
+            if settings not in self.costs:
+                self.costs[settings] = calibration_cost(self.denoiser, spec, shape)
+            spec = fit_steps(self.denoiser, spec, shape, self.costs[settings])
         counter = CountingDenoiser(self.denoiser)
         x = sample(counter, self.latents, spec)
         key = self.sigma_range(spec)
@@ -426,7 +441,9 @@ def solver_curves(probe: Probe, tau: float, size: Size) -> str:
         rows.append(f"| {label} | {cells} | {fmt_nfe(nfe_at_tau[label])} | {cut} |")
         print(f"{label}: {cells}; error ≤ τ from NFE {fmt_nfe(nfe_at_tau[label])}", flush=True)
     budget = max((b for b in size.budgets if b <= 20), default=min(size.budgets))
-    calibration = 2 * (size.gits_fine_steps - 1) * size.calibration_samples
+    calibration = GITSSteps(  # any num_steps: the calibration does not depend on it
+        num_steps=2, fine_steps=size.gits_fine_steps, calibration_samples=size.calibration_samples
+    ).calibration_evaluations
     notes = [
         f"\nCells: ODE error with the most steps whose NFE fits the budget. τ = {tau:.4f} "
         f"(EDM Heun, 35 NFE, these {len(probe.latents)} samples). GITS steps are fitted once "

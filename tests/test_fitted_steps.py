@@ -146,7 +146,7 @@ def test_lower_order_final_ends_with_first_order_steps():
     assert not torch.equal(run(order=3), run(order=1))
 
 
-def test_evaluation_fits_steps_once_per_model_and_records_them(tmp_path: Path, monkeypatch):
+def test_evaluation_calibrates_once_per_model_and_records_the_fit(tmp_path: Path, monkeypatch):
     config = {
         "data": {"name": "toy2d", "n": 64},
         "model": {"kind": "analytic"},
@@ -163,9 +163,13 @@ def test_evaluation_fits_steps_once_per_model_and_records_them(tmp_path: Path, m
     assert row["nfe"] == 6  # the calibration is counted apart
     assert row["calibration_evaluations"] == 2 * 15 * 256
 
-    def refit(*args: object) -> None:
-        raise AssertionError("fitted again")
+    def recalibrate(*args: object) -> None:
+        raise AssertionError("calibrated again")
 
-    monkeypatch.setattr(evaluate_module, "fit_steps", refit)
+    monkeypatch.setattr(evaluate_module, "calibration_cost", recalibrate)
     other_seeds = JobSpec.model_validate({**config, "seeds": "16-31"})
     assert json.loads(evaluate(other_seeds, tmp_path)["fitted_sigmas"]) == fitted
+    sampler = config["sampler"]
+    fewer = {"timesteps": {"name": "gits", "num_steps": 4, "fine_steps": 16}}
+    four = evaluate(JobSpec.model_validate({**config, "sampler": {**sampler, **fewer}}), tmp_path)
+    assert len(json.loads(four["fitted_sigmas"])) == 4

@@ -11,12 +11,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from edmgrid.design.timesteps import GITSSteps, SigmaList
+from edmgrid.design.timesteps import GITSSteps
 from edmgrid.engine.data import Dataset
 from edmgrid.engine.denoiser import Denoiser
 from edmgrid.engine.metrics import Evaluation
 from edmgrid.engine.progress import Progress
-from edmgrid.engine.sample import CountingDenoiser, fit_steps, plan, sample, seed_inputs
+from edmgrid.engine.sample import (
+    CountingDenoiser,
+    calibration_cost,
+    fit_steps,
+    plan,
+    sample,
+    seed_inputs,
+)
 from edmgrid.errors import JobError
 from edmgrid.run.store import atomic_write, file_lock, load_cached
 from edmgrid.spec.job import JobSpec, content_hash, model_key, model_settings
@@ -86,20 +93,17 @@ def cached_tensor(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tenso
 def fitted_sampler(
     job: JobSpec, denoiser: Denoiser, dataset: Dataset, cache_dir: Path
 ) -> SamplerSpec:
-    """The job's sampler with model-dependent time steps fitted (``fit_steps``), cached on disk
-    per model; any other sampler as it is."""
+    """The job's sampler with model-dependent time steps fitted (``fit_steps``); their
+    calibration is cached on disk per model and settings, whatever the number of steps. Any
+    other sampler as it is."""
     ts = job.sampler.timesteps
     if not isinstance(ts, GITSSteps):
         return job.sampler
-
-    def fit() -> Tensor:
-        fitted = fit_steps(denoiser, job.sampler, dataset.sample_shape).timesteps
-        assert isinstance(fitted, SigmaList)
-        return torch.tensor(fitted.sigmas, dtype=torch.float64)
-
-    key = {**model_settings(job), "fit_steps": job.sampler.model_dump(mode="json")}
-    sigmas = cached_tensor(cache_dir, key, fit).tolist()
-    return job.sampler.model_copy(update={"timesteps": SigmaList(sigmas=sigmas)})
+    shape = dataset.sample_shape
+    settings = ts.model_dump(mode="json", exclude={"num_steps"})
+    key = {**model_settings(job), "calibration": settings}
+    cost = cached_tensor(cache_dir, key, lambda: calibration_cost(denoiser, job.sampler, shape))
+    return fit_steps(denoiser, job.sampler, shape, cost)
 
 
 def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> dict[str, Any]:

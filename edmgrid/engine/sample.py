@@ -143,16 +143,13 @@ def teacher(denoise: Denoise, x: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor
     return torch.stack(states), torch.stack(slopes)
 
 
-def fit_steps(denoiser: Denoiser, spec: SamplerSpec, shape: Sequence[int]) -> SamplerSpec:
-    """``spec`` with model-dependent time steps (GITS) fitted to ``denoiser``, as ``sigmas``;
-    any other spec as it is. The teacher runs in batches of at most 2²⁴ values per history."""
+def calibration_cost(denoiser: Denoiser, spec: SamplerSpec, shape: Sequence[int]) -> Tensor:
+    """GITS's cost: the Euler local errors between the fine steps along the teacher's paths
+    from the calibration latents, summed over them. It depends on the model and the time steps'
+    settings, not on ``num_steps``. The teacher runs in batches of at most 2²⁴ values."""
     ts = spec.timesteps
-    if not isinstance(ts, GITSSteps):
-        return spec
-    grid = ts.fine_sigmas(*sigma_bounds(denoiser, spec))
-    sigmas = denoiser.round_sigma(grid).unique_consecutive()
-    if len(sigmas) < ts.num_steps:
-        raise ValueError(f"the model has {len(sigmas)} noise levels in range, < num_steps")
+    assert isinstance(ts, GITSSteps)
+    sigmas = fine_grid(denoiser, spec)
     seeds = range(CALIBRATION_SEED, CALIBRATION_SEED + ts.calibration_samples)
     batch = max(1, (1 << 24) // (len(sigmas) * math.prod(shape)))
     cost = torch.zeros(len(sigmas), len(sigmas), dtype=torch.float64)
@@ -161,6 +158,29 @@ def fit_steps(denoiser: Denoiser, spec: SamplerSpec, shape: Sequence[int]) -> Sa
         denoise = partial(_denoise, denoiser, labels)
         states, slopes = teacher(denoise, x_T.double() * sigmas[0], sigmas)
         cost += ts.local_errors(sigmas, states, slopes)
+    return cost
+
+
+def fine_grid(denoiser: Denoiser, spec: SamplerSpec) -> Tensor:
+    """GITS's candidate steps, at noise levels the model supports (``round_sigma``)."""
+    ts = spec.timesteps
+    assert isinstance(ts, GITSSteps)
+    return denoiser.round_sigma(ts.fine_sigmas(*sigma_bounds(denoiser, spec))).unique_consecutive()
+
+
+def fit_steps(
+    denoiser: Denoiser, spec: SamplerSpec, shape: Sequence[int], cost: Tensor | None = None
+) -> SamplerSpec:
+    """``spec`` with model-dependent time steps (GITS) fitted to ``denoiser``, as ``sigmas``;
+    any other spec as it is. ``cost``: ``calibration_cost``'s, if already at hand."""
+    ts = spec.timesteps
+    if not isinstance(ts, GITSSteps):
+        return spec
+    sigmas = fine_grid(denoiser, spec)
+    if len(sigmas) < ts.num_steps:
+        raise ValueError(f"the model has {len(sigmas)} noise levels in range, < num_steps")
+    if cost is None:
+        cost = calibration_cost(denoiser, spec, shape)
     return spec.model_copy(update={"timesteps": ts.choose(sigmas, cost)})
 
 
