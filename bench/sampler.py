@@ -28,11 +28,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edmgrid.config.data import Digits
+from edmgrid.config.metrics import ODEError
+from edmgrid.config.presets import SAMPLER
+from edmgrid.config.sampler import SamplerSpec
 from edmgrid.design.precond import EDMPrecond
 from edmgrid.design.timesteps import GITSSteps
-from edmgrid.engine.data import Digits
+from edmgrid.engine.data import load_data
 from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser, PrecondDenoiser
-from edmgrid.engine.metrics import ODEError, rms_distance
+from edmgrid.engine.metrics import rms_distance
 from edmgrid.engine.sample import (
     CountingDenoiser,
     SeedRNG,
@@ -42,8 +46,6 @@ from edmgrid.engine.sample import (
     plan,
     sample,
 )
-from edmgrid.spec.presets import SAMPLER
-from edmgrid.spec.sampler import SamplerSpec
 
 
 @dataclass(frozen=True)
@@ -285,7 +287,7 @@ class Probe:
     """ODE error of sampler specs from fixed latents of the digits analytic denoiser."""
 
     def __init__(self, samples: int, ode_error: ODEError) -> None:
-        data = Digits().load()
+        data = load_data(Digits())
         self.denoiser = AnalyticDenoiser(data.x)
         self.latents = latents(range(samples), data.sample_shape)
         self.ode_error = ode_error

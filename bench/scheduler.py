@@ -107,10 +107,10 @@ def parallel_ceiling(tiny: bool) -> float:
 
 
 def timed_run(space: Path, results: Path, workers: int, threads: int) -> float:
+    from edmgrid.config.space import load_space
     from edmgrid.run.executors import LocalExecutor
     from edmgrid.run.runner import run_space
     from edmgrid.run.store import Store
-    from edmgrid.spec.space import load_space
 
     loaded = load_space(space)
     executor = LocalExecutor(workers=workers, threads=threads)
@@ -191,10 +191,10 @@ def throughput(folder: Path, tiny: bool, repeats: int) -> list[Figure]:
 
 
 def noop(folder: Path, tiny: bool, repeats: int) -> list[Figure]:
+    from edmgrid.config.space import load_space
     from edmgrid.run.executors import SerialExecutor
     from edmgrid.run.runner import run_space
     from edmgrid.run.store import Store
-    from edmgrid.spec.space import load_space
 
     space = hundred_jobs(folder, tiny)
     results = folder / "noop"

@@ -14,9 +14,10 @@ import time
 
 import torch
 
+from edmgrid.config.job import JobSpec
+from edmgrid.config.space import resolve_presets
+from edmgrid.engine.data import load_data
 from edmgrid.engine.train import build_network, fit
-from edmgrid.spec.job import JobSpec
-from edmgrid.spec.space import resolve_presets
 
 
 def _job(kimg: float) -> JobSpec:
@@ -27,7 +28,7 @@ def _job(kimg: float) -> JobSpec:
 
 def bare_loop(job: JobSpec, images: int) -> float:
     """Images per second of a plain loop: same network, batch, optimizer and loss."""
-    model, data = job.model, job.data.load()
+    model, data = job.model, load_data(job.data)
     torch.manual_seed(0)
     denoiser = build_network(model, data).train()  # type: ignore[arg-type]
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
@@ -56,7 +57,7 @@ def run(tiny: bool = False) -> str:
     for i in range(repeats):
         bare.append(bare_loop(job, round(kimg * 1000)))
         start = time.process_time()
-        _, meta = fit(job.model, job.data.load())  # type: ignore[arg-type]
+        _, meta = fit(job.model, load_data(job.data))  # type: ignore[arg-type]
         ours.append(meta["images"] / (time.process_time() - start))
         print(f"  repeat {i}: bare {bare[-1]:.0f} img/s, edmgrid {ours[-1]:.0f} img/s", flush=True)
     torch.set_num_threads(threads)

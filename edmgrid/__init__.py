@@ -8,8 +8,8 @@ __version__ = "0.1.0"
 
 # The public API is imported lazily so that `edmgrid --help` does not pay for torch.
 _LAZY = {
-    "SamplerSpec": "edmgrid.spec.sampler",
-    "JobSpec": "edmgrid.spec.job",
+    "SamplerSpec": "edmgrid.config.sampler",
+    "JobSpec": "edmgrid.config.job",
     "sample": "edmgrid.engine.sample",
     "latents": "edmgrid.engine.sample",
 }

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from edmgrid.errors import EdmgridError, SpecError
+from edmgrid.errors import EdmgridError, InputError
 
 app = typer.Typer(
     name="edmgrid",
@@ -50,7 +50,7 @@ def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
     elif fmt == "table":
         _print_table(list(map(str, frame.columns)), frame.itertuples(index=False), title)
     else:
-        raise SpecError(
+        raise InputError(
             f"unknown format {fmt!r}; valid: table, csv, markdown, latex, json", path="--format"
         )
 
@@ -179,7 +179,7 @@ def run(
 
     start = time.perf_counter()
     if results.exists() and not results.is_dir():
-        raise SpecError("is not a directory; name a results directory", file=str(results))
+        raise InputError("is not a directory; name a results directory", file=str(results))
     store = Store(results)
     overrides = {"data.path": str(data.expanduser().resolve())} if data is not None else None
     try:
@@ -205,8 +205,8 @@ def run(
             _print_summary(summary)
             return
 
+    from edmgrid.config.space import MAX_JOBS, load_space
     from edmgrid.run.runner import run_space
-    from edmgrid.spec.space import MAX_JOBS, load_space
 
     _use_pythonpath(pythonpath)
     if inception is not None:
@@ -273,8 +273,8 @@ def show(
     yes: bool = YES,
 ) -> None:
     """Print the expanded, fully resolved jobs of SPACE (a dry run)."""
+    from edmgrid.config.space import MAX_JOBS, load_space
     from edmgrid.run.jobs import flatten
-    from edmgrid.spec.space import MAX_JOBS, load_space
 
     loaded = load_space(space, max_jobs=None if yes else MAX_JOBS)
     if as_json:
@@ -295,7 +295,7 @@ def show(
 @app.command()
 def axes(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """List every design axis, its choices and their parameter defaults."""
-    from edmgrid.spec.axes import all_registries
+    from edmgrid.config.axes import all_registries
 
     described = {name: reg.describe() for name, reg in all_registries().items()}
     if as_json:
@@ -358,10 +358,10 @@ def samples(
     pythonpath: list[Path] = PYTHONPATH,
 ) -> None:
     """Re-create a stored job and save a grid of its samples (deterministic: its seeds)."""
+    from edmgrid.config.job import JobSpec
     from edmgrid.engine.evaluate import draw_samples
     from edmgrid.run.plots import save_samples
     from edmgrid.run.store import Store
-    from edmgrid.spec.job import JobSpec
 
     _use_pythonpath(pythonpath)
     store = Store(results)
@@ -423,9 +423,9 @@ def optuna_churn(
     study (results/optuna/journal.log); every trial is also a row of the store. Trials run on
     the executors of `run`, one per worker at a time, asked and told by this process.
     """
+    from edmgrid.config.space import load_space
     from edmgrid.run.churn import Options, Settings, default_metric, pick_job, run_churn
     from edmgrid.run.store import Store
-    from edmgrid.spec.space import load_space
 
     store = Store(results)
     ranges = {"S_churn": s_churn, "S_min": s_min, "S_max": s_max, "S_noise": s_noise}

@@ -9,7 +9,7 @@ class EdmgridError(Exception):
     exit_code = 1
 
 
-class SpecError(EdmgridError):
+class InputError(EdmgridError):
     """Bad input: a space, a job config or a command-line value.
 
     The message names the file, the line where known, the dotted field path and the reason.

@@ -1,6 +1,6 @@
 """``torch``, loaded on first use, so that reading and checking specs need not wait for it.
 
-The schema layer (``edmgrid.spec``, ``edmgrid.design``, the data and metric registries) and the
+The schema layers (``edmgrid.config``, ``edmgrid.design``) and the
 modules a run's driver imports take ``torch`` from here. The module object exists at once;
 torch itself runs on the first attribute access (``importlib.util.LazyLoader``), after which it
 is the ordinary module. A module stays lazy only if it also imports ``Tensor`` and the like

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 import yaml
 
+from edmgrid.config.job import JobSpec
+from edmgrid.config.space import Space, load_space
 from edmgrid.engine.progress import Progress
 from edmgrid.errors import JobError
+from edmgrid.files import atomic_write, content_hash, load_cached
 from edmgrid.run.jobs import Task
-from edmgrid.run.store import atomic_write, load_cached
-from edmgrid.spec.job import JobSpec, content_hash
-from edmgrid.spec.space import Space, load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edmgrid.errors import SpecError
-from edmgrid.spec.job import JobSpec
-from edmgrid.spec.space import MAX_JOBS, load_space
+from edmgrid.config.job import JobSpec
+from edmgrid.config.space import MAX_JOBS, load_space
+from edmgrid.errors import InputError
 
 CORPUS = Path(__file__).parent / "bad_spaces"
 ENTRY_POINT = "from edmgrid.cli import main; main()"  # what the installed `edmgrid` script runs
@@ -92,14 +92,14 @@ def test_the_job_limit_is_lifted_by_yes(tmp_path: Path) -> None:
     )
     space = tmp_path / "wide.yaml"
     space.write_text(text)
-    with pytest.raises(SpecError, match="--yes"):
+    with pytest.raises(InputError, match="--yes"):
         load_space(space)
     assert len(load_space(space, max_jobs=None).jobs) == MAX_JOBS + 1
 
 
 def test_huge_grid_is_refused_before_it_is_expanded() -> None:
     # 28 million jobs: building them would take minutes; the count is a product of lengths
-    with pytest.raises(SpecError, match="28000000 jobs"):
+    with pytest.raises(InputError, match="28000000 jobs"):
         load_space(CORPUS / "grid_too_large.yaml")
 
 
@@ -290,7 +290,7 @@ def test_space_validation_raises_only_spec_errors(space: dict[str, Any]) -> None
         path.write_text(_dump(space))
         try:
             loaded = load_space(path)
-        except SpecError as e:
+        except InputError as e:
             assert str(path) in str(e)
         else:
             assert len({j.job_id for j in loaded.jobs}) == len(loaded.jobs)
@@ -302,7 +302,7 @@ def test_arbitrary_text_raises_only_spec_errors(text: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "space.yaml"
         path.write_text(text)
-        with contextlib.suppress(SpecError):
+        with contextlib.suppress(InputError):
             load_space(path)
 
 

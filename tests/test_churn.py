@@ -16,8 +16,11 @@ from fake_training import edmgrid
 from optuna.trial import TrialState
 
 from edmgrid.cli import main
+from edmgrid.config.job import JobSpec
+from edmgrid.config.presets import SOLVER
+from edmgrid.config.space import resolve_presets
 from edmgrid.engine.train import training_key
-from edmgrid.errors import EdmgridError, SpecError
+from edmgrid.errors import EdmgridError, InputError
 from edmgrid.run import churn, jobs
 from edmgrid.run.churn import (
     PARAMS,
@@ -36,9 +39,6 @@ from edmgrid.run.churn import (
 from edmgrid.run.executors import Event
 from edmgrid.run.jobs import run_job
 from edmgrid.run.store import Store
-from edmgrid.spec.job import JobSpec
-from edmgrid.spec.presets import SOLVER
-from edmgrid.spec.space import resolve_presets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -417,7 +417,7 @@ def test_a_multistep_solver_cannot_churn_and_is_refused(results):
         "metrics": [{"name": "fd_raw"}],
     }
     settings = Settings(JobSpec.model_validate(config), "fd_raw", 16)
-    with pytest.raises(SpecError, match="needs a stochastic solver: dpmpp is a deterministic"):
+    with pytest.raises(InputError, match="needs a stochastic solver: dpmpp is a deterministic"):
         run_churn(Store(results), settings, Options())
     assert not journal_path(Store(results)).exists()
 

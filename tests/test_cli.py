@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from edmgrid.spec.space import load_space
+from edmgrid.config.space import load_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,13 +14,13 @@ import pytest
 from typer.testing import CliRunner
 
 from edmgrid.cli import app
+from edmgrid.config.job import JobSpec
 from edmgrid.engine.evaluate import draw_samples
 from edmgrid.engine.fid import quantize
-from edmgrid.errors import SpecError
+from edmgrid.errors import InputError
 from edmgrid.run.jobs import Task, flatten, run_job
 from edmgrid.run.plots import _lines, plot_results, table2_columns
 from edmgrid.run.store import Store
-from edmgrid.spec.job import JobSpec
 
 matplotlib.use("Agg")
 
@@ -164,7 +164,7 @@ def test_samples_of_points_are_a_scatter_over_the_data(tmp_path: Path) -> None:
 
 
 def test_samples_of_an_unknown_job_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="no result for job 0123456789abcdef"):
+    with pytest.raises(InputError, match="no result for job 0123456789abcdef"):
         Store(tmp_path).config("0123456789abcdef")
 
 

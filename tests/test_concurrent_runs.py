@@ -10,8 +10,8 @@ from pathlib import Path
 
 from fake_training import FakeTrainer, claims_of, edmgrid_run, toy_space
 
+from edmgrid.config.space import Space
 from edmgrid.run.store import Store
-from edmgrid.spec.space import Space
 
 #: Two trainings (one per mixture) and 12 evaluations that wait for them.
 GRID = {"data.mixture": ["ring8", "grid25"], "sampler.timesteps.num_steps": list(range(2, 8))}

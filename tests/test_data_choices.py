@@ -13,11 +13,12 @@ import PIL.Image
 import pytest
 import torch
 
-from edmgrid.errors import DataError, SpecError
+from edmgrid.config.job import JobSpec
+from edmgrid.config.space import load_space
+from edmgrid.engine.data import load_data
+from edmgrid.errors import DataError, InputError
 from edmgrid.run.jobs import Task, run_job
 from edmgrid.run.store import Store
-from edmgrid.spec.job import JobSpec
-from edmgrid.spec.space import load_space
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,7 +92,7 @@ def test_file_data_choice_loads_through_jobspec_as_official_normalisation(
     job = JobSpec.model_validate(
         {"data": {"name": name, "path": str(path)}, "metrics": [{"name": "fd_raw"}]}
     )
-    dataset = job.data.load()
+    dataset = load_data(job.data)
     assert dataset.x.dtype == torch.float32 and dataset.sample_shape == (3, 32, 32)
     want = torch.from_numpy(images).double() / 127.5 - 1  # official: x / 127.5 − 1
     torch.testing.assert_close(dataset.x.double(), want, rtol=0, atol=1e-7)
@@ -103,9 +104,11 @@ def test_file_data_choice_loads_through_jobspec_as_official_normalisation(
 def test_npz_without_labels_is_unconditional(tmp_path: Path) -> None:
     path = tmp_path / "x.npz"
     np.savez(path, images=_pixels()[0])
-    dataset = JobSpec.model_validate(
-        {"data": {"name": "npz", "path": str(path)}, "metrics": [{"name": "fd_raw"}]}
-    ).data.load()
+    dataset = load_data(
+        JobSpec.model_validate(
+            {"data": {"name": "npz", "path": str(path)}, "metrics": [{"name": "fd_raw"}]}
+        ).data
+    )
     assert dataset.labels is None and dataset.label_dim == 0
 
 
@@ -134,9 +137,11 @@ def test_job_on_npz_data_runs_and_a_missing_file_fails_the_job_with_the_path(
     assert "CIFAR-10 not found at" in row["error"] and "nowhere" in row["error"]
     assert "cifar-10-python.tar.gz" in row["error"]
     with pytest.raises(DataError, match="npz dataset not found"):
-        JobSpec.model_validate(
-            {**config, "data": {"name": "npz", "path": str(tmp_path / "gone.npz")}}
-        ).data.load()
+        load_data(
+            JobSpec.model_validate(
+                {**config, "data": {"name": "npz", "path": str(tmp_path / "gone.npz")}}
+            ).data
+        )
 
 
 def test_data_override_sets_the_path_of_every_job(tmp_path: Path) -> None:
@@ -145,7 +150,7 @@ def test_data_override_sets_the_path_of_every_job(tmp_path: Path) -> None:
         "name: s\nbase:\n  data: {name: npz}\n  metrics: [{name: fd_raw}]\n"
         "grid:\n  seeds: [0-3, 0-7]\n"
     )
-    with pytest.raises(SpecError, match=r"data\.path: Field required"):
+    with pytest.raises(InputError, match=r"data\.path: Field required"):
         load_space(space)
     loaded = load_space(space, overrides={"data.path": "/data/x.npz"})
     assert [j.data.model_dump() for j in loaded.jobs] == [

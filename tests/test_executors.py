@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fake_training import FakeTrainer, toy_space
 
-from edmgrid.errors import SpecError
+from edmgrid.errors import InputError
 from edmgrid.run.executors import (
     CPU_WORKERS,
     Event,
@@ -63,12 +63,12 @@ def test_cpu_workers_divide_the_threads_and_default_to_one_per_core_up_to_four()
 def test_impossible_device_requests_are_spec_errors(
     devices: list[str] | None, workers: int | None, gpus: list[str], message: str
 ) -> None:
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(InputError, match=message):
         assign_devices(devices, workers, gpus, cpus=2)
 
 
 def test_unknown_executor_is_a_spec_error() -> None:
-    with pytest.raises(SpecError, match="valid: serial, local, ray"):
+    with pytest.raises(InputError, match="valid: serial, local, ray"):
         make_executor("threads")
 
 
@@ -84,7 +84,7 @@ def test_unknown_executor_is_a_spec_error() -> None:
 def test_options_of_another_executor_are_spec_errors(
     name: str, options: dict[str, object], message: str
 ) -> None:
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(InputError, match=message):
         make_executor(name, **options)  # type: ignore[arg-type]
 
 

@@ -14,13 +14,13 @@ import torch
 from typer.testing import CliRunner
 
 from edmgrid.cli import app
+from edmgrid.config.job import JobSpec
 from edmgrid.engine.denoiser import Denoiser
 from edmgrid.engine.evaluate import draw_samples, sample_seeds
 from edmgrid.engine.models import _unpickle_ema, load_network_pickle
 from edmgrid.errors import DataError
 from edmgrid.run.jobs import Task, run_job
 from edmgrid.run.store import Store
-from edmgrid.spec.job import JobSpec
 
 #: A stand-in for a NVlabs/edm checkout: the pickle refers to ``training.networks``, which
 #: imports ``torch_utils`` like the official code does.

@@ -17,7 +17,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from edmgrid.cli import app
+from edmgrid.config.job import JobSpec
+from edmgrid.config.metrics import FID
 from edmgrid.engine import fid as fid_module
+from edmgrid.engine.data import load_data
 from edmgrid.engine.fid import (
     ENV_VAR,
     FEATURE_DIM,
@@ -26,12 +29,11 @@ from edmgrid.engine.fid import (
     quantize,
     statistics_hash,
 )
-from edmgrid.engine.metrics import FID, _extractor
-from edmgrid.errors import SpecError
+from edmgrid.engine.metrics import _extractor, check
+from edmgrid.errors import InputError
 from edmgrid.run.compare import pivot
 from edmgrid.run.jobs import Task, run_job
 from edmgrid.run.store import Store
-from edmgrid.spec.job import JobSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
@@ -151,7 +153,7 @@ def test_reference_is_every_data_image_or_a_given_npz(small: Path, tmp_path: Pat
     store = Store(tmp_path)
     row = run_job(Task.evaluation(_job({"inception": str(small)}), "t"), store)
     assert row["status"] == "done", row["error"]
-    images = quantize(_job({}).data.load().x)
+    images = quantize(load_data(_job({}).data).x)
     assert len(images) == 1797
     feats = _SmallExtractor()(images).double().numpy()
     mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
@@ -197,8 +199,8 @@ def test_paper_protocol_needs_a_contiguous_seed_range(small: Path, tmp_path: Pat
 def test_fid_of_points_and_wrong_reference_dimension_are_clear_errors(
     small: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(SpecError, match="image data set"):
-        FID(inception=str(small)).check(_job({}, data={"name": "toy2d"}))
+    with pytest.raises(InputError, match="image data set"):
+        check(FID(inception=str(small)), _job({}, data={"name": "toy2d"}))
     np.savez(tmp_path / "big.npz", mu=np.zeros(64), sigma=np.eye(64))
     job = _job({"inception": str(small), "reference": str(tmp_path / "big.npz")})
     row = run_job(Task.evaluation(job, "t"), Store(tmp_path))
@@ -220,10 +222,10 @@ def test_compare_refuses_fids_of_different_n_or_extractor_unless_allowed(tmp_pat
     table = pivot(store, None, ["nfe"], ["solver"], "fid")
     assert table["heun"].tolist() == [2.0, 3.0]
     _fid_rows(store, [50000, 2000], ["a", "a"])
-    with pytest.raises(SpecError, match=r"different fid_n \(2000, 50000\).*--allow-mixed"):
+    with pytest.raises(InputError, match=r"different fid_n \(2000, 50000\).*--allow-mixed"):
         pivot(store, None, ["nfe"], ["solver"], "fid")
     _fid_rows(store, [50000, 50000], ["a", "b"])
-    with pytest.raises(SpecError, match=r"different fid_extractor \(a, b\)"):
+    with pytest.raises(InputError, match=r"different fid_extractor \(a, b\)"):
         pivot(store, None, ["nfe"], ["solver"], "fid")
     assert len(pivot(store, None, ["nfe"], ["solver"], "fid", allow_mixed=True)) == 2
     assert len(pivot(store, None, ["nfe"], ["solver"], "fid_n")) == 2  # not a FID: no check

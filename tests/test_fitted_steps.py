@@ -13,14 +13,15 @@ from conftest import GaussianDenoiser
 from pydantic import ValidationError
 
 import edmgrid.engine.evaluate as evaluate_module
+from edmgrid.config.data import Digits
+from edmgrid.config.job import JobSpec
+from edmgrid.config.sampler import SamplerSpec
 from edmgrid.design.timesteps import GITSSteps, SigmaList, edm_sigmas
-from edmgrid.engine.data import Digits
+from edmgrid.engine.data import load_data
 from edmgrid.engine.denoiser import AnalyticDenoiser
 from edmgrid.engine.evaluate import evaluate
 from edmgrid.engine.metrics import rms_distance
 from edmgrid.engine.sample import fit_steps, latents, plan, sample, teacher
-from edmgrid.spec.job import JobSpec
-from edmgrid.spec.sampler import SamplerSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,7 +67,7 @@ def test_teacher_follows_the_closed_form_gaussian_trajectory():
 
 @pytest.fixture(scope="module")
 def digits() -> AnalyticDenoiser:
-    return AnalyticDenoiser(Digits().load().x)
+    return AnalyticDenoiser(load_data(Digits()).x)
 
 
 def gits(solver: dict[str, object], num_steps: int, **timesteps: object) -> SamplerSpec:

@@ -17,8 +17,8 @@ import pytest
 import torch
 from fake_training import FakeTrainer, claims_of, edmgrid_run, toy_space
 
+from edmgrid.config.space import Space
 from edmgrid.run.store import Store
-from edmgrid.spec.space import Space
 
 #: Two trainings (one per mixture) and 16 evaluations that wait for them.
 GRID = {"data.mixture": ["ring8", "grid25"], "sampler.timesteps.num_steps": list(range(2, 10))}

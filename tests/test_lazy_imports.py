@@ -77,7 +77,7 @@ def test_a_run_of_an_edited_space_with_nothing_to_do_loads_neither_torch_nor_pan
 def test_planning_the_trainings_of_table2_loads_no_torch(tmp_path: Path) -> None:
     code = (
         "from edmgrid.run.jobs import EngineTrainer; from edmgrid.run.runner import plan; "
-        "from edmgrid.run.store import Store; from edmgrid.spec.space import load_space; "
+        "from edmgrid.run.store import Store; from edmgrid.config.space import load_space; "
         "p = plan(load_space('spaces/table2.yaml'), Store(sys.argv[1]), EngineTrainer()); "
         "print(len(p.trains), len(p.evaluations))"
     )

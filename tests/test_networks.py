@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from edmgrid.design.networks import ADM, MLP, DDPMpp, NCSNpp, Network, networks
 from edmgrid.design.unet import Conv2d, Init, UNetBlock, group_norm
-from edmgrid.errors import SpecError
+from edmgrid.errors import InputError
 
 LABEL_DIM, AUGMENT_DIM = 3, 9
 
@@ -174,7 +174,7 @@ def test_group_norm_groups_fit_small_channel_counts(channels: int, groups: int) 
 
 
 def test_resolution_must_halve_at_every_level() -> None:
-    with pytest.raises(SpecError, match="not divisible"):
+    with pytest.raises(InputError, match="not divisible"):
         DDPMpp(channel_mult=(1, 2, 2, 2)).build(img_resolution=12, img_channels=1)
 
 

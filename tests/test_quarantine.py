@@ -16,11 +16,13 @@ import pytest
 import torch
 from fake_training import FakeTrainer, toy_space
 
+from edmgrid.config.job import JobSpec
+from edmgrid.engine.data import load_data
 from edmgrid.engine.train import checkpoint_path, load_trained, training_key
+from edmgrid.files import quarantine
 from edmgrid.run.executors import SerialExecutor
 from edmgrid.run.runner import run_space
-from edmgrid.run.store import Store, quarantine
-from edmgrid.spec.job import JobSpec
+from edmgrid.run.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -193,7 +195,7 @@ def test_a_checkpoint_that_fails_to_load_is_quarantined_and_trained_again(
     key = training_key(job)
     assert key is not None
     path = checkpoint_path(cache, key)
-    load_trained(job, job.data.load(), cache)  # trains it
+    load_trained(job, load_data(job.data), cache)  # trains it
     good = torch.load(path, weights_only=True)["ema"]
     with zipfile.ZipFile(path) as archive:  # overwrite the pickle: the zip stays whole
         (pickle,) = [i for i in archive.infolist() if i.filename.endswith("data.pkl")]
@@ -202,7 +204,7 @@ def test_a_checkpoint_that_fails_to_load_is_quarantined_and_trained_again(
     data[start : start + pickle.compress_size] = bytes(pickle.compress_size)
     path.write_bytes(bytes(data))
     assert Store(tmp_path).has_checkpoint(path)  # the cheap check cannot tell
-    assert load_trained(job, job.data.load(), cache) is not None
+    assert load_trained(job, load_data(job.data), cache) is not None
     assert quarantined(tmp_path) == {f"cache/checkpoints/{key}.pt", "quarantine.log"}
     again = torch.load(path, weights_only=True)["ema"]  # trained again, deterministically
     assert all(torch.equal(good[k], again[k]) for k in good)

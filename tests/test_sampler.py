@@ -16,6 +16,9 @@ from conftest import GaussianDenoiser
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
+from edmgrid.config.data import Digits
+from edmgrid.config.metrics import ODEError
+from edmgrid.config.sampler import SamplerSpec
 from edmgrid.design.solver import (
     Multistep,
     Solver,
@@ -23,11 +26,10 @@ from edmgrid.design.solver import (
     adams_bashforth_weights,
     solvers,
 )
-from edmgrid.engine.data import Digits
+from edmgrid.engine.data import load_data
 from edmgrid.engine.denoiser import AnalyticDenoiser
-from edmgrid.engine.metrics import Evaluation, ODEError
+from edmgrid.engine.metrics import Evaluation, compute
 from edmgrid.engine.sample import CountingDenoiser, Plan, SeedRNG, plan, sample
-from edmgrid.spec.sampler import SamplerSpec
 
 LINEAR = {"schedule": {"name": "linear"}, "scaling": {"name": "none"}}
 VP = {"schedule": {"name": "vp"}, "scaling": {"name": "vp"}}
@@ -38,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def digits() -> AnalyticDenoiser:
-    return AnalyticDenoiser(Digits().load().x)
+    return AnalyticDenoiser(load_data(Digits()).x)
 
 
 def spec(solver: dict[str, Any], num_steps: int, **sampler: Any) -> SamplerSpec:
@@ -303,7 +305,7 @@ def test_ode_error_reference_is_within_2e_5_of_an_independent_dop853_solution(
     latents, reference = dop853
     ev = Evaluation(
         samples=reference,
-        dataset=Digits().load(),
+        dataset=load_data(Digits()),
         denoiser=digits,
         seeds=[0, 1],
         sigma_first=SIGMA_MAX,
@@ -312,7 +314,7 @@ def test_ode_error_reference_is_within_2e_5_of_an_independent_dop853_solution(
         resample=lambda s: sample(digits, latents, s),
         generate=lambda seeds: pytest.fail("not used"),
     )
-    assert ODEError().compute(ev)["ode_error"] < 2e-5
+    assert compute(ODEError(), ev)["ode_error"] < 2e-5
 
 
 def test_karras_sigmas_euler_heun_and_dpmpp_2m_match_k_diffusion(digits):

@@ -11,7 +11,8 @@ import pytest
 from fake_training import FakeTrainer, toy_space
 
 import edmgrid.engine.evaluate
-from edmgrid.engine.metrics import FDRaw
+import edmgrid.engine.fid
+from edmgrid.engine.data import load_data
 from edmgrid.run.executors import SerialExecutor
 from edmgrid.run.jobs import Task
 from edmgrid.run.runner import Picker, Summary, model_key, plan, run_space
@@ -136,7 +137,7 @@ def test_a_job_that_raises_leaves_a_failed_row_and_the_others_finish(
 def test_a_metric_that_is_not_finite_fails_its_job_instead_of_storing_nan(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(FDRaw, "compute", lambda self, ev: {"fd_raw": float("nan")})
+    monkeypatch.setattr(edmgrid.engine.fid, "frechet_distance", lambda *a: float("nan"))
     store = Store(tmp_path / "r")
     summary = run(toy_space(tmp_path, "a", {}), store)
     assert summary.counts["failed"] == 1
@@ -269,6 +270,6 @@ def test_a_worker_builds_the_denoiser_once_for_consecutive_jobs_of_one_model(
     space = toy_space(tmp_path, "a", MIXTURES)
     ring = [j for j in space.jobs if j.data.mixture == "ring8"]  # type: ignore[attr-defined]
     grid = [j for j in space.jobs if j.data.mixture == "grid25"]  # type: ignore[attr-defined]
-    first = load_denoiser(ring[0], ring[0].data.load(), tmp_path)
-    assert load_denoiser(ring[1], ring[1].data.load(), tmp_path) is first
-    assert load_denoiser(grid[0], grid[0].data.load(), tmp_path) is not first
+    first = load_denoiser(ring[0], load_data(ring[0].data), tmp_path)
+    assert load_denoiser(ring[1], load_data(ring[1].data), tmp_path) is first
+    assert load_denoiser(grid[0], load_data(grid[0].data), tmp_path) is not first

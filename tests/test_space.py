@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from edmgrid.config.job import MAX_SEEDS, JobSpec, parse_seeds
+from edmgrid.config.presets import SOLVER
+from edmgrid.config.sampler import SamplerSpec
+from edmgrid.config.space import load_space
 from edmgrid.design.solver import solvers
-from edmgrid.errors import SpecError
-from edmgrid.spec.job import MAX_SEEDS, JobSpec, parse_seeds
-from edmgrid.spec.presets import SOLVER
-from edmgrid.spec.sampler import SamplerSpec
-from edmgrid.spec.space import load_space
+from edmgrid.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "base:\n  data: {name: toy2d, n: 16}\n  metrics: [{name: ode_error}]\n  seeds: 0-1\n"
@@ -138,7 +138,7 @@ def test_quickstart_space_expands_to_18_jobs() -> None:
 
 def test_schema_error_carries_file_line_and_field_path(write) -> None:
     path = write("name: e\n" + BASE + TIMESTEPS + "grid:\n  sampler.timesteps.num_steps: [4, 1]\n")
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(InputError) as info:
         load_space(path)
     error = info.value
     assert (error.file, error.line, error.path) == (str(path), 8, "sampler.timesteps.num_steps")
@@ -158,7 +158,7 @@ def test_unknown_key_names_itself_and_the_valid_keys() -> None:
 def test_unknown_choice_lists_the_registered_ones_and_what_was_given(write) -> None:
     path = write("name: c\n" + BASE + "  sampler: {solver: {name: rk45}}\n")
     valid = re.escape(", ".join(solvers.names))
-    with pytest.raises(SpecError, match=rf"valid choices: {valid} \(got name: 'rk45'\)"):
+    with pytest.raises(InputError, match=rf"valid choices: {valid} \(got name: 'rk45'\)"):
         load_space(path)
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from edmgrid.engine.evaluate import cached_tensor
-from edmgrid.errors import EdmgridError, SpecError
+from edmgrid.errors import EdmgridError, InputError
 from edmgrid.run.compare import load_runs
 from edmgrid.run.store import Store
 
@@ -103,7 +103,7 @@ def test_writes_leave_no_temporary_files(shared: Store) -> None:
     "job_id", ["../../etc/passwd", "/tmp/x", "0123456789ABCDEF", "0123", "0123456789abcdeg", ""]
 )
 def test_result_paths_take_only_job_ids(shared: Store, job_id: str) -> None:
-    with pytest.raises(SpecError, match="not a job id"):
+    with pytest.raises(InputError, match="not a job id"):
         shared.result_path(job_id)
 
 
@@ -111,14 +111,14 @@ def test_result_paths_take_only_job_ids(shared: Store, job_id: str) -> None:
     "name", ["../x", "..", ".hidden", "/abs", "a/b", "a\\b", "x'y", "", "a" * 101]
 )
 def test_space_names_cannot_leave_the_store(shared: Store, name: str) -> None:
-    with pytest.raises(SpecError, match="not a space name"):
+    with pytest.raises(InputError, match="not a space name"):
         shared.record_space(name, "x.yaml", [])
-    with pytest.raises(SpecError, match="not a space name"):
+    with pytest.raises(InputError, match="not a space name"):
         load_runs(shared, name)
 
 
 def test_compare_of_an_unknown_space_lists_the_recorded_ones(shared: Store) -> None:
-    with pytest.raises(SpecError, match="recorded: s"):
+    with pytest.raises(InputError, match="recorded: s"):
         load_runs(shared, "other")
 
 
@@ -151,14 +151,14 @@ def test_sql_refuses_statements_that_may_write(
     store = stores[kind]
     before = store.db_path.read_bytes() if store.db_path.exists() else None
     out = tmp_path / "written"
-    with pytest.raises(SpecError, match="read-only"):
+    with pytest.raises(InputError, match="read-only"):
         store.query(sql.format(out=out))
     assert not out.exists()
     assert (store.db_path.read_bytes() if store.db_path.exists() else None) == before
 
 
 def test_sql_error_is_a_spec_error(shared: Store) -> None:
-    with pytest.raises(SpecError, match="SQL error"):
+    with pytest.raises(InputError, match="SQL error"):
         shared.query("SELECT nope FROM runs")
 
 

@@ -8,15 +8,16 @@ import pytest
 import torch
 from fake_training import toy_space
 
+from edmgrid.config.job import JobSpec
+from edmgrid.config.space import resolve_presets
+from edmgrid.config.table2 import table2
 from edmgrid.engine import train as train_mod
+from edmgrid.engine.data import load_data
 from edmgrid.engine.train import checkpoint_path, train, training_key, update_ema
 from edmgrid.errors import JobError
 from edmgrid.run.executors import SerialExecutor
 from edmgrid.run.runner import run_space
 from edmgrid.run.store import Store
-from edmgrid.spec.job import JobSpec
-from edmgrid.spec.space import resolve_presets
-from edmgrid.spec.table2 import table2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +88,7 @@ def test_sampler_range_is_clamped_to_the_ve_network_range():
     from edmgrid.engine.train import build_network
 
     c = job("ve-C")
-    net = TorchDenoiser(build_network(c.model, c.data.load()))
+    net = TorchDenoiser(build_network(c.model, load_data(c.data)))
     p = plan(net, c.sampler)
     assert (p.sigma_min, p.sigma_max) == (pytest.approx(0.02), pytest.approx(80.0))
 

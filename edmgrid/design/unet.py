@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
-from edmgrid.errors import SpecError
+from edmgrid.errors import InputError
 
 InitMode = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
 Resample = Literal["none", "up", "down"]
@@ -242,7 +242,9 @@ class UNetBlock(nn.Module):
             cph = cfg.channels_per_head
             self.num_heads = 1 if cph is None else max(1, out_channels // cph)
             if out_channels % self.num_heads:
-                raise SpecError(f"{out_channels} channels do not split into {self.num_heads} heads")
+                raise InputError(
+                    f"{out_channels} channels do not split into {self.num_heads} heads"
+                )
             self.norm2 = group_norm(out_channels, cfg.eps)
             self.qkv = Conv2d(out_channels, out_channels * 3, 1, cfg.init_attn)
             self.proj = Conv2d(out_channels, out_channels, 1, cfg.init_zero)
@@ -294,7 +296,7 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if img_resolution % 2 ** (len(channel_mult) - 1):
-            raise SpecError(
+            raise InputError(
                 f"img_resolution {img_resolution} is not divisible by 2^{len(channel_mult) - 1} "
                 f"(channel_mult has {len(channel_mult)} levels)"
             )

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from edmgrid.engine.data import Dataset
 from edmgrid.errors import DataError
+from edmgrid.files import atomic_write, load_cached
 
 FEATURES = 128
 STEPS = 800
@@ -48,7 +49,6 @@ def features(classifier: nn.Sequential, x: Tensor, batch: int = 1024) -> np.ndar
 
 def trained_classifier(dataset: Dataset, cache_dir: Path) -> nn.Sequential:
     """Train (or load from the cache) the data set's feature classifier."""
-    from edmgrid.run.store import atomic_write, load_cached
 
     if dataset.labels is None or dataset.label_dim < 2:
         raise DataError(

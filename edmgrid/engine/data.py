@@ -1,8 +1,9 @@
-"""Datasets: images (or 2-D points) in [−1, 1] with optional class labels.
+"""Loading the data sets of :mod:`edmgrid.config.data`: images (or 2-D points) in [−1, 1] with
+optional class labels.
 
-Besides the built-in ``digits`` and ``toy2d``, four choices read a local file the user names with
-``path`` (formats: :mod:`edmgrid.engine.datafiles`): ``cifar10``, ``image_folder``, ``npz`` and
-``edm_zip``. Their uint8 pixels map to [−1, 1] as x/127.5 − 1, as the official training code does.
+``load_data`` dispatches on the data choice's class; a plugin's data choice registers its loader
+with ``@load_data.register``. Files' uint8 pixels map to [−1, 1] as x/127.5 − 1, as the official
+training code does.
 """
 
 from __future__ import annotations
@@ -10,21 +11,18 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache, lru_cache, singledispatch
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import Field
 
+from edmgrid.config.data import DataSpec, Digits, ImageFile, Toy2D
 from edmgrid.engine.datafiles import LOADERS
 from edmgrid.lazy import torch
-from edmgrid.registry import Choice, Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-datasets = Registry("data", "training / reference data set")
 
 
 @dataclass(frozen=True)
@@ -53,23 +51,15 @@ def _digest(x: Tensor) -> str:
     return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-class DataSpec(Choice):
-    """A data set, loaded by name."""
-
-    name: str
-
-    def load(self) -> Dataset:
-        raise NotImplementedError
+@singledispatch
+def load_data(spec: DataSpec) -> Dataset:
+    """The data set ``spec`` names."""
+    raise TypeError(f"no loader for data '{spec.name}': register one with @load_data.register")
 
 
-@datasets.register
-class Digits(DataSpec):
-    """scikit-learn's bundled 8×8 digits (1797 images, 10 classes), scaled to [−1, 1]."""
-
-    name: Literal["digits"] = "digits"
-
-    def load(self) -> Dataset:
-        return _digits()
+@load_data.register
+def _load_digits(spec: Digits) -> Dataset:
+    return _digits()
 
 
 @cache
@@ -81,54 +71,36 @@ def _digits() -> Dataset:
     return Dataset(x=x, labels=torch.from_numpy(bunch.target.astype(np.int64)), label_dim=10)
 
 
-MIXTURES = ("ring8", "grid25", "swissroll")
-
-
-@datasets.register
-class Toy2D(DataSpec):
-    """Named 2-D mixtures (ring8: 8 Gaussians on the unit circle; grid25: a 5×5 grid; swissroll)."""
-
-    name: Literal["toy2d"] = "toy2d"
-    mixture: Literal["ring8", "grid25", "swissroll"] = "ring8"
-    n: int = Field(2048, ge=16)
-    std: float = Field(0.05, gt=0)
-    seed: int = 0
-
-    def load(self) -> Dataset:
-        rng = np.random.default_rng(self.seed)
-        if self.mixture == "swissroll":
-            u = rng.uniform(0, 1, self.n)
-            angle = 1.5 * math.pi * (1 + 2 * u)
-            centres = np.stack([angle * np.cos(angle), angle * np.sin(angle)], 1) / (4.5 * math.pi)
-            labels = np.minimum((u * 4).astype(np.int64), 3)
+@load_data.register
+def _load_toy2d(spec: Toy2D) -> Dataset:
+    rng = np.random.default_rng(spec.seed)
+    if spec.mixture == "swissroll":
+        u = rng.uniform(0, 1, spec.n)
+        angle = 1.5 * math.pi * (1 + 2 * u)
+        centres = np.stack([angle * np.cos(angle), angle * np.sin(angle)], 1) / (4.5 * math.pi)
+        labels = np.minimum((u * 4).astype(np.int64), 3)
+    else:
+        if spec.mixture == "ring8":
+            a = 2 * math.pi * np.arange(8) / 8
+            modes = np.stack([np.cos(a), np.sin(a)], 1)
         else:
-            if self.mixture == "ring8":
-                a = 2 * math.pi * np.arange(8) / 8
-                modes = np.stack([np.cos(a), np.sin(a)], 1)
-            else:
-                g = np.linspace(-1, 1, 5)
-                modes = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
-            labels = rng.integers(len(modes), size=self.n)
-            centres = modes[labels]
-        x = centres + self.std * rng.standard_normal((self.n, 2))
-        label_dim = int(labels.max()) + 1
-        return Dataset(
-            x=torch.from_numpy(x.astype(np.float32)),
-            labels=torch.from_numpy(labels),
-            label_dim=label_dim,
-        )
+            g = np.linspace(-1, 1, 5)
+            modes = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+        labels = rng.integers(len(modes), size=spec.n)
+        centres = modes[labels]
+    x = centres + spec.std * rng.standard_normal((spec.n, 2))
+    return Dataset(
+        x=torch.from_numpy(x.astype(np.float32)),
+        labels=torch.from_numpy(labels),
+        label_dim=int(labels.max()) + 1,
+    )
 
 
-class ImageFile(DataSpec):
-    """Images read from a local file or folder (``path``), with their class labels if any."""
-
-    input_paths = ("path",)
-    path: str = Field(min_length=1)
-
-    def load(self) -> Dataset:
-        p = Path(self.path).expanduser().resolve()
-        version = (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
-        return _image_file(self.name, p, version)
+@load_data.register
+def _load_image_file(spec: ImageFile) -> Dataset:
+    p = Path(spec.path).expanduser().resolve()
+    version = (p.stat().st_mtime_ns, p.stat().st_size) if p.exists() else None
+    return _image_file(spec.name, p, version)
 
 
 @lru_cache(maxsize=2)
@@ -139,31 +111,3 @@ def _image_file(name: str, path: Path, version: tuple[int, int] | None) -> Datas
     if labels is None:
         return Dataset(x=x, labels=None, label_dim=0)
     return Dataset(x=x, labels=torch.from_numpy(labels), label_dim=int(labels.max()) + 1)
-
-
-@datasets.register
-class Cifar10(ImageFile):
-    """CIFAR-10 training split: ``cifar-10-python.tar.gz`` or its ``cifar-10-batches-py/``."""
-
-    name: Literal["cifar10"] = "cifar10"
-
-
-@datasets.register
-class ImageFolder(ImageFile):
-    """A folder of same-sized PNG/JPEG images; labels from its ``dataset.json`` if present."""
-
-    name: Literal["image_folder"] = "image_folder"
-
-
-@datasets.register
-class Npz(ImageFile):
-    """An ``.npz`` with uint8 ``images`` (NHWC or NCHW) and optional integer ``labels``."""
-
-    name: Literal["npz"] = "npz"
-
-
-@datasets.register
-class EDMZip(ImageFile):
-    """The official EDM dataset zip (``dataset_tool.py`` output) with ``dataset.json`` labels."""
-
-    name: Literal["edm_zip"] = "edm_zip"

@@ -5,16 +5,27 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from functools import singledispatch
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from edmgrid.config.job import JobSpec, model_key, model_settings
+from edmgrid.config.model import (
+    AnalyticModel,
+    EntrypointModel,
+    ModelSpec,
+    PickleModel,
+    TrainedModel,
+)
+from edmgrid.config.sampler import SamplerSpec
 from edmgrid.design.timesteps import GITSSteps
-from edmgrid.engine.data import Dataset
-from edmgrid.engine.denoiser import Denoiser
-from edmgrid.engine.metrics import Evaluation
+from edmgrid.engine.data import Dataset, load_data
+from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser, TorchDenoiser
+from edmgrid.engine.metrics import Evaluation, check, compute
+from edmgrid.engine.models import load_entrypoint, load_network_pickle, network_denoiser
 from edmgrid.engine.progress import Progress
 from edmgrid.engine.sample import (
     CountingDenoiser,
@@ -24,18 +35,46 @@ from edmgrid.engine.sample import (
     sample,
     seed_inputs,
 )
+from edmgrid.engine.train import load_trained
 from edmgrid.errors import JobError
-from edmgrid.run.store import atomic_write, file_lock, load_cached
-from edmgrid.spec.job import JobSpec, content_hash, model_key, model_settings
-from edmgrid.spec.sampler import SamplerSpec
+from edmgrid.files import atomic_write, content_hash, file_lock, load_cached
 
 #: Samples per denoiser call; results do not depend on it (one generator per seed).
 MAX_BATCH = 512
 
 
 def build_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-    """The job's denoiser, built by its model spec."""
-    return job.model.build(job, dataset, cache_dir)
+    """The job's denoiser (``denoiser_of`` its model choice)."""
+    return denoiser_of(job.model, job, dataset, cache_dir)
+
+
+@singledispatch
+def denoiser_of(model: ModelSpec, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+    """The denoiser of ``model`` for ``dataset`` (``cache_dir`` holds checkpoints); a plugin's
+    model kind registers its own with ``@denoiser_of.register``."""
+    raise TypeError(f"no denoiser for model kind '{model.kind}': register one")
+
+
+@denoiser_of.register
+def _analytic(model: AnalyticModel, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+    return AnalyticDenoiser(dataset.x, chunk=model.chunk)
+
+
+@denoiser_of.register
+def _pickle(model: PickleModel, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+    return network_denoiser(load_network_pickle(model.path), dataset, model.path)
+
+
+@denoiser_of.register
+def _entrypoint(
+    model: EntrypointModel, job: JobSpec, dataset: Dataset, cache_dir: Path
+) -> Denoiser:
+    return network_denoiser(load_entrypoint(model.target, model.kwargs), dataset, model.target)
+
+
+@denoiser_of.register
+def _trained(model: TrainedModel, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
+    return TorchDenoiser(load_trained(job, dataset, cache_dir))
 
 
 #: The denoiser last built in this process, by (model key, cache dir).
@@ -110,8 +149,8 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
     """Check the metrics can be had, sample the job's seeds, check the samples are finite, and
     compute the metrics."""
     for metric in job.metrics:
-        metric.check(job)
-    dataset = job.data.load()
+        check(metric, job)
+    dataset = load_data(job.data)
     denoiser = load_denoiser(job, dataset, cache_dir)
     sampler = fitted_sampler(job, denoiser, dataset, cache_dir)
     counter = CountingDenoiser(denoiser)
@@ -149,7 +188,7 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
         row["fitted_sigmas"] = json.dumps(sigma_steps[:-1].tolist())
         row["calibration_evaluations"] = job.sampler.timesteps.calibration_evaluations
     for metric in job.metrics:
-        for column, value in metric.compute(ev).items():
+        for column, value in compute(metric, ev).items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise JobError(f"metric {column} is not finite ({value})")
             row[column] = value
@@ -158,7 +197,7 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
 
 def draw_samples(job: JobSpec, cache_dir: Path, n: int) -> tuple[Dataset, Tensor]:
     """The data set and the samples of the job's first ``n`` seeds (the same as in its run)."""
-    dataset = job.data.load()
+    dataset = load_data(job.data)
     denoiser = build_denoiser(job, dataset, cache_dir)
     sampler = fitted_sampler(job, denoiser, dataset, cache_dir)
     return dataset, sample_seeds(denoiser, sampler, job.seed_list[:n], dataset.sample_shape)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edmgrid.errors import DataError
+from edmgrid.files import atomic_write, read_or_quarantine
 
 ENV_VAR = "EDMGRID_INCEPTION"
 FEATURE_DIM = 2048
@@ -553,7 +554,6 @@ def reference_statistics(
     image bytes and shape with ``extractor.extractor_id``; a cache hit runs no network, and a
     damaged cache entry is quarantined and computed again.
     """
-    from edmgrid.run.store import atomic_write, read_or_quarantine
 
     key = _images_key(images, extractor)
     file = Path(cache_dir) / f"fid-ref-{key}.npz"

@@ -1,32 +1,30 @@
-"""Metrics of a sampling run; each is registered by the name of its result column.
+"""Computing the metrics of :mod:`edmgrid.config.metrics` on a sampling run.
 
-The computing code (``edmgrid.engine.fid``, the classifier) is imported where it is used, so
-that checking a spec needs neither torch nor Inception.
+``check`` (before any sampling: can the job give the metric?) and ``compute`` (its
+{column: value}) dispatch on the metric's class; a plugin's metric registers its own with
+``@compute.register`` (and ``@check.register`` if it needs inputs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, singledispatch
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
-from edmgrid.engine.data import Dataset, Toy2D
-from edmgrid.errors import SpecError
-from edmgrid.registry import Choice, Registry
-from edmgrid.spec.sampler import SamplerSpec
+from edmgrid.config.data import Toy2D
+from edmgrid.config.job import JobSpec
+from edmgrid.config.metrics import FD, FID, FDRaw, Metric, ODEError
+from edmgrid.config.sampler import SamplerSpec
+from edmgrid.engine.data import Dataset
+from edmgrid.errors import InputError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from edmgrid.engine.denoiser import Denoiser
     from edmgrid.engine.fid import FeatureExtractor
-    from edmgrid.spec.job import JobSpec
-
-metrics = Registry("metric", "evaluation metric (a result column)")
 
 
 @dataclass(frozen=True)
@@ -44,22 +42,17 @@ class Evaluation:
     generate: Callable[[list[int]], Tensor]  # this run's sampler from the latents of other seeds
 
 
-class Metric(Choice):
-    """A metric: ``compute`` returns {column: value}."""
+@singledispatch
+def check(metric: Metric, job: JobSpec) -> None:
+    """Fail before any sampling if ``job`` cannot give ``metric`` (default: it can)."""
 
-    name: str
 
-    def check(self, job: JobSpec) -> None:
-        """Fail before any sampling if the job cannot give this metric (default: it can)."""
-
-    def shared_work(self, job: JobSpec) -> str | None:
-        """A key of the cached work this metric shares with other jobs (computed by the first
-        job that needs it), or None. A scheduling hint: jobs that need the same work are not
-        started side by side while it is being done."""
-        return None
-
-    def compute(self, ev: Evaluation) -> dict[str, Any]:
-        raise NotImplementedError
+@singledispatch
+def compute(metric: Metric, ev: Evaluation) -> dict[str, Any]:
+    """The metric's result columns on the run ``ev``."""
+    raise TypeError(
+        f"no computation for metric '{metric.name}': register one with @compute.register"
+    )
 
 
 def rms_distance(a: Tensor, b: Tensor) -> float:
@@ -67,177 +60,105 @@ def rms_distance(a: Tensor, b: Tensor) -> float:
     return float((a - b).pow(2).mean().sqrt())
 
 
-@metrics.register
-class ODEError(Metric):
-    """RMS distance to a high-accuracy solution of the same ODE from the same latents.
+@compute.register
+def _ode_error(metric: ODEError, ev: Evaluation) -> dict[str, Any]:
+    reference = ev.resample(metric.reference(ev.sigma_last, ev.sigma_first))
+    return {"ode_error": rms_distance(ev.samples, reference)}
 
-    The reference is EDM Heun with ``reference_steps`` steps over the run's own [σ_{N−1}, σ_0],
-    so both solve dx/dσ = (x − D(x; σ))/σ between the same end points.
-    """
 
-    name: Literal["ode_error"] = "ode_error"
-    reference_steps: int = Field(256, ge=2)
+@compute.register
+def _fd_raw(metric: FDRaw, ev: Evaluation) -> dict[str, Any]:
+    from edmgrid.engine.fid import feature_statistics, frechet_distance  # torch, lazily
 
-    def reference(self, sigma_last: float, sigma_first: float) -> SamplerSpec:
-        """The reference sampler of a run whose σ_{N−1}, σ_0 are ``sigma_last``, ``sigma_first``."""
-        return SamplerSpec.model_validate(
-            {
-                "timesteps": {
-                    "name": "edm",
-                    "num_steps": self.reference_steps,
-                    "sigma_min": sigma_last,
-                    "sigma_max": sigma_first,
-                }
-            }
+    mu1, s1 = feature_statistics(ev.samples.flatten(1).numpy())
+    mu2, s2 = feature_statistics(ev.dataset.x.flatten(1).numpy())
+    return {"fd_raw": frechet_distance(mu1, s1, mu2, s2)}
+
+
+@compute.register
+def _fd(metric: FD, ev: Evaluation) -> dict[str, Any]:
+    from edmgrid.engine.classifier import features, trained_classifier  # torch, lazily
+    from edmgrid.engine.fid import feature_statistics, frechet_distance
+
+    classifier = trained_classifier(ev.dataset, ev.cache_dir)
+    samples = ev.samples.clamp(-1, 1) if ev.dataset.is_image else ev.samples
+    mu1, s1 = feature_statistics(features(classifier, samples))
+    mu2, s2 = feature_statistics(features(classifier, ev.dataset.x))
+    return {"fd": frechet_distance(mu1, s1, mu2, s2)}
+
+
+@check.register
+def _check_fid(metric: FID, job: JobSpec) -> None:
+    from edmgrid.engine.fid import load_reference_npz  # torch, lazily
+
+    if isinstance(job.data, Toy2D):
+        raise InputError("fid needs an image data set, not toy2d", path="metrics")
+    if metric.protocol == "paper" and not _is_range(job.seed_list):
+        raise InputError(
+            f"fid protocol 'paper' needs one contiguous seed range (e.g. 0-49999), "
+            f"got {job.seeds!r}",
+            path="seeds",
         )
-
-    def shared_work(self, job: JobSpec) -> str | None:
-        """The reference solution: one per data, model, seeds and σ range (the time steps'
-        choice and bounds, whatever the number of steps)."""
-        from edmgrid.spec.job import content_hash
-
-        timesteps = job.sampler.timesteps.model_dump(mode="json", exclude={"num_steps"})
-        dump = job.model_dump(mode="json", include={"data", "model", "seeds"})
-        return content_hash({**dump, "timesteps": timesteps, "metric": self.model_dump()})
-
-    def compute(self, ev: Evaluation) -> dict[str, float]:
-        reference = ev.resample(self.reference(ev.sigma_last, ev.sigma_first))
-        return {"ode_error": rms_distance(ev.samples, reference)}
+    extractor(metric)
+    if metric.reference is not None:
+        load_reference_npz(metric.reference)
 
 
-@metrics.register
-class FDRaw(Metric):
-    """Fréchet distance between samples and data in data space (float64 statistics)."""
+def extractor(metric: FID) -> FeatureExtractor:
+    """The Inception feature extractor (a DataError at once if the weights are missing)."""
+    from edmgrid.engine.fid import resolve_inception_path  # torch, lazily
 
-    name: Literal["fd_raw"] = "fd_raw"
-
-    def compute(self, ev: Evaluation) -> dict[str, float]:
-        from edmgrid.engine.fid import feature_statistics, frechet_distance
-
-        mu1, s1 = feature_statistics(ev.samples.flatten(1).numpy())
-        mu2, s2 = feature_statistics(ev.dataset.x.flatten(1).numpy())
-        return {"fd_raw": frechet_distance(mu1, s1, mu2, s2)}
+    path = resolve_inception_path(metric.inception)
+    return _extractor(path.resolve(), path.stat().st_mtime_ns)
 
 
-@metrics.register
-class FD(Metric):
-    """Fréchet distance of samples and data in a small classifier's features (digits' FID).
+@compute.register
+def _fid(metric: FID, ev: Evaluation) -> dict[str, Any]:
+    from edmgrid.engine.fid import (  # torch, lazily
+        fid_from_images,
+        load_reference_npz,
+        paper_seed_ranges,
+        quantize,
+        reference_statistics,
+        statistics_hash,
+    )
 
-    The classifier is trained once per data set on its labels and cached by content hash.
-    """
-
-    name: Literal["fd"] = "fd"
-
-    def shared_work(self, job: JobSpec) -> str | None:
-        """The data set's classifier."""
-        from edmgrid.spec.job import content_hash
-
-        return content_hash({"fd": job.data.model_dump(mode="json")})
-
-    def compute(self, ev: Evaluation) -> dict[str, float]:
-        from edmgrid.engine.classifier import features, trained_classifier
-        from edmgrid.engine.fid import feature_statistics, frechet_distance
-
-        classifier = trained_classifier(ev.dataset, ev.cache_dir)
-        samples = ev.samples.clamp(-1, 1) if ev.dataset.is_image else ev.samples
-        mu1, s1 = feature_statistics(features(classifier, samples))
-        mu2, s2 = feature_statistics(features(classifier, ev.dataset.x))
-        return {"fd": frechet_distance(mu1, s1, mu2, s2)}
-
-
-@metrics.register
-class FID(Metric):
-    """Fréchet Inception Distance (EDM App. F.1) with Inception-v3 weights from a local file.
-
-    The reference is ``reference`` (an ``.npz`` with ``mu``/``sigma``) or else the statistics of
-    every data set image, computed once and cached by content hash. ``protocol: paper`` takes
-    three runs of n = len(seeds) images on the job's seeds and the two ranges after them (seeds
-    0-49999 give the paper's 0–49999, 50000–99999, 100000–149999) and reports the minimum.
-    Weights: ``inception``, else ``$EDMGRID_INCEPTION`` (which ``edmgrid run --inception`` sets).
-    """
-
-    name: Literal["fid"] = "fid"
-    input_paths = ("inception", "reference")
-    inception: str | None = None
-    reference: str | None = None
-    protocol: Literal["single", "paper"] = "single"
-
-    def check(self, job: JobSpec) -> None:
-        from edmgrid.engine.fid import load_reference_npz
-
-        if isinstance(job.data, Toy2D):
-            raise SpecError("fid needs an image data set, not toy2d", path="metrics")
-        if self.protocol == "paper" and not _is_range(job.seed_list):
-            raise SpecError(
-                f"fid protocol 'paper' needs one contiguous seed range (e.g. 0-49999), "
-                f"got {job.seeds!r}",
-                path="seeds",
-            )
-        self.extractor()
-        if self.reference is not None:
-            load_reference_npz(self.reference)
-
-    def shared_work(self, job: JobSpec) -> str | None:
-        """The data set's reference statistics (none to compute with a given ``reference``)."""
-        from edmgrid.spec.job import content_hash
-
-        if self.reference is not None:
-            return None
-        return content_hash({"fid": job.data.model_dump(mode="json"), "weights": self.inception})
-
-    def extractor(self) -> FeatureExtractor:
-        """The Inception feature extractor (a DataError at once if the weights are missing)."""
-        from edmgrid.engine.fid import resolve_inception_path
-
-        path = resolve_inception_path(self.inception)
-        return _extractor(path.resolve(), path.stat().st_mtime_ns)
-
-    def compute(self, ev: Evaluation) -> dict[str, Any]:
-        from edmgrid.engine.fid import (
-            fid_from_images,
-            load_reference_npz,
-            paper_seed_ranges,
-            quantize,
-            reference_statistics,
-            statistics_hash,
-        )
-
-        extractor = self.extractor()
-        if self.reference is not None:
-            ref_mu, ref_sigma = load_reference_npz(self.reference)
-        else:
-            images = quantize(ev.dataset.x).numpy()
-            ref_mu, ref_sigma, _ = reference_statistics(images, extractor, ev.cache_dir)
-        n, first = len(ev.seeds), ev.seeds[0]
-        runs = [fid_from_images(quantize(ev.samples), ref_mu, ref_sigma, extractor)]
-        seeds = [_seed_text(ev.seeds)]
-        if self.protocol == "paper":
-            for r in paper_seed_ranges(n)[1:]:
-                chunks = _generated(ev, list(range(first + r.start, first + r.stop)))
-                runs.append(fid_from_images(chunks, ref_mu, ref_sigma, extractor))
-                seeds.append(f"{first + r.start}-{first + r.stop - 1}")
-        return {
-            "fid": min(runs),
-            "fid_runs": runs,
-            "fid_seeds": seeds,
-            "fid_n": n,
-            "fid_extractor": extractor.extractor_id,
-            "fid_reference_hash": statistics_hash(ref_mu, ref_sigma),
-        }
+    features = extractor(metric)
+    if metric.reference is not None:
+        ref_mu, ref_sigma = load_reference_npz(metric.reference)
+    else:
+        images = quantize(ev.dataset.x).numpy()
+        ref_mu, ref_sigma, _ = reference_statistics(images, features, ev.cache_dir)
+    n, first = len(ev.seeds), ev.seeds[0]
+    runs = [fid_from_images(quantize(ev.samples), ref_mu, ref_sigma, features)]
+    seeds = [_seed_text(ev.seeds)]
+    if metric.protocol == "paper":
+        for r in paper_seed_ranges(n)[1:]:
+            chunks = _generated(ev, list(range(first + r.start, first + r.stop)))
+            runs.append(fid_from_images(chunks, ref_mu, ref_sigma, features))
+            seeds.append(f"{first + r.start}-{first + r.stop - 1}")
+    return {
+        "fid": min(runs),
+        "fid_runs": runs,
+        "fid_seeds": seeds,
+        "fid_n": n,
+        "fid_extractor": features.extractor_id,
+        "fid_reference_hash": statistics_hash(ref_mu, ref_sigma),
+    }
 
 
 @lru_cache(maxsize=1)
 def _extractor(path: Path, mtime: int) -> FeatureExtractor:
     """Loaded once per process and weights file: every FID job of a grid shares it."""
-    from edmgrid.engine.fid import load_inception
-    from edmgrid.engine.models import default_device
+    from edmgrid.engine.device import worker_device
+    from edmgrid.engine.fid import load_inception  # torch, lazily
 
-    return load_inception(path, default_device())
+    return load_inception(path, worker_device())
 
 
 def _generated(ev: Evaluation, seeds: list[int], chunk: int = 1000) -> Iterator[Tensor]:
     """uint8 images of ``seeds``, ``chunk`` at a time, so 50,000 are never held at once."""
-    from edmgrid.engine.fid import quantize
+    from edmgrid.engine.fid import quantize  # torch, lazily
 
     for lo in range(0, len(seeds), chunk):
         yield quantize(ev.generate(seeds[lo : lo + chunk]))

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from edmgrid.engine.data import Dataset
+from edmgrid.engine.device import worker_device
 from edmgrid.errors import DataError
 
 OFFICIAL_CODE = (
@@ -32,11 +33,6 @@ OFFICIAL_CODE = (
     "training): point --pythonpath (or the PYTHONPATH variable) at a checkout of "
     "https://github.com/NVlabs/edm"
 )
-
-
-def default_device() -> torch.device:
-    """The first GPU if there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class NetworkDenoiser:
@@ -78,7 +74,7 @@ def network_denoiser(net: nn.Module, dataset: Dataset, source: str) -> NetworkDe
                 f"{source} makes images of shape {list(made)} but the data set's are "
                 f"{list(dataset.sample_shape)}: give the data the network was trained on"
             )
-    return NetworkDenoiser(net, default_device())
+    return NetworkDenoiser(net, worker_device())
 
 
 def load_network_pickle(path: str) -> nn.Module:

@@ -11,10 +11,10 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from edmgrid.config.sampler import SamplerSpec
 from edmgrid.design.ode import Denoise, ProbabilityFlow
 from edmgrid.design.timesteps import GITSSteps
 from edmgrid.engine.denoiser import Denoiser, label_dim
-from edmgrid.spec.sampler import SamplerSpec
 
 
 class SeedRNG:

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edmgrid.engine.data import Dataset
+from edmgrid.config.job import JobSpec
+from edmgrid.config.model import TrainedModel
+from edmgrid.engine.data import Dataset, load_data
 from edmgrid.engine.progress import Progress
 from edmgrid.errors import JobError
+from edmgrid.files import atomic_write, content_hash, load_cached
 from edmgrid.lazy import torch
-from edmgrid.spec.job import JobSpec, content_hash
-from edmgrid.spec.model import TrainedModel
 
 if TYPE_CHECKING:
     from edmgrid.engine.denoiser import PrecondDenoiser
@@ -60,7 +61,6 @@ def build_network(model: TrainedModel, dataset: Dataset) -> PrecondDenoiser:
 def load_trained(job: JobSpec, dataset: Dataset, cache_dir: Path) -> PrecondDenoiser:
     """The EMA network of the job's checkpoint (``weights_only`` load), in eval mode; a missing
     or unreadable (then quarantined) checkpoint is trained first."""
-    from edmgrid.run.store import load_cached
 
     assert isinstance(job.model, TrainedModel)
     key = training_key(job)
@@ -82,7 +82,6 @@ RUNNING_LOSS_STEPS = 20
 def train(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Train the job's model unless its checkpoint exists (and can be read); return a summary
     row."""
-    from edmgrid.run.store import atomic_write, load_cached
 
     model = job.model
     assert isinstance(model, TrainedModel)
@@ -92,7 +91,7 @@ def train(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> di
     cached = load_cached(path, cache_dir)
     if cached is not None:
         return {**cached["meta"], "cached": True}
-    dataset = job.data.load()
+    dataset = load_data(job.data)
     ema, meta = fit(model, dataset, progress)
     state = {"ema": ema.state_dict(), "meta": meta}
     atomic_write(path, lambda tmp: torch.save(state, tmp))

@@ -29,15 +29,16 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
-from edmgrid.errors import EdmgridError, JobError, SpecError
+from edmgrid.config.job import JobSpec
+from edmgrid.config.model import TrainedModel
+from edmgrid.config.presets import SOLVER
+from edmgrid.config.space import Space
+from edmgrid.errors import EdmgridError, InputError, JobError
+from edmgrid.files import check_space_name, file_lock
 from edmgrid.run.claims import active_run
 from edmgrid.run.executors import Event, Executor, SerialExecutor
 from edmgrid.run.jobs import EngineTrainer, Task
-from edmgrid.run.store import Store, check_space_name, file_lock
-from edmgrid.spec.job import JobSpec
-from edmgrid.spec.model import TrainedModel
-from edmgrid.spec.presets import SOLVER
-from edmgrid.spec.space import Space
+from edmgrid.run.store import Store
 
 #: Algorithm 2's churn parameters, in the order they are printed.
 PARAMS = ("S_churn", "S_min", "S_max", "S_noise")
@@ -101,7 +102,7 @@ def _validate(data: dict[str, Any], prefix: str, file: str | None) -> ChurnSearc
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"][:1])
         reason = err["msg"].removeprefix("Value error, ")
-        raise SpecError(reason, file=file, path=f"{prefix}{where}") from None
+        raise InputError(reason, file=file, path=f"{prefix}{where}") from None
 
 
 def paper_preset(job: JobSpec) -> tuple[str, str]:
@@ -146,13 +147,13 @@ def pick_job(store: Store, space: Space | None, job_id: str | None) -> JobSpec:
         found = [i for i in store.job_ids() if i.startswith(job_id)]
         jobs = [JobSpec.model_validate(store.config(i)) for i in found]
     else:
-        raise SpecError("give --space SPACE, --job JOB_ID, or --study NAME of an existing study")
+        raise InputError("give --space SPACE, --job JOB_ID, or --study NAME of an existing study")
     matches = [j for j in jobs if job_id is None or j.job_id.startswith(job_id)]
     if len(matches) != 1:
         if not matches:
-            raise SpecError(f"no job {job_id!r} in {where}")
+            raise InputError(f"no job {job_id!r} in {where}")
         listed = ", ".join(j.job_id for j in matches[:12]) + (" …" if len(matches) > 12 else "")
-        raise SpecError(f"{len(matches)} jobs in {where}; pick one with --job ID: {listed}")
+        raise InputError(f"{len(matches)} jobs in {where}; pick one with --job ID: {listed}")
     return matches[0]
 
 
@@ -160,21 +161,21 @@ def default_metric(job: JobSpec) -> str:
     """The job's first metric that is an objective."""
     names = [m.name for m in job.metrics if m.name not in NOT_OBJECTIVES]
     if not names:
-        raise SpecError("the job has no distribution metric (fd, fd_raw); pass --metric")
+        raise InputError("the job has no distribution metric (fd, fd_raw); pass --metric")
     return names[0]
 
 
 def check_metric(metric: str) -> None:
-    from edmgrid.engine.metrics import metrics
+    from edmgrid.config.metrics import metrics
 
     if metric in NOT_OBJECTIVES:
-        raise SpecError(
+        raise InputError(
             f"--metric {metric}: the distance to the deterministic ODE solution cannot improve "
             "with churn; use a distribution metric (fd, fd_raw)"
         )
     if metric not in metrics:
         valid = ", ".join(n for n in metrics.names if n not in NOT_OBJECTIVES)
-        raise SpecError(f"unknown --metric {metric!r}; valid: {valid}")
+        raise InputError(f"unknown --metric {metric!r}; valid: {valid}")
 
 
 def check_churn(settings: Settings) -> None:
@@ -184,7 +185,7 @@ def check_churn(settings: Settings) -> None:
         trial_job(settings.base, paper, settings.metric, "0")
     except ValidationError as e:
         reason = e.errors()[0]["msg"].removeprefix("Value error, ")
-        raise SpecError(f"optuna-churn needs a stochastic solver: {reason}") from None
+        raise InputError(f"optuna-churn needs a stochastic solver: {reason}") from None
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -203,7 +204,7 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
                 "--sampler cmaes needs the cmaes package: pip install cmaes"
             ) from None
         return optuna.samplers.CmaEsSampler(seed=seed)
-    raise SpecError(f"unknown --sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+    raise InputError(f"unknown --sampler {name!r}; valid: {', '.join(SAMPLERS)}")
 
 
 @dataclass(frozen=True)
@@ -313,13 +314,13 @@ class Options:
 
     def check(self) -> None:
         if self.trials < 1:
-            raise SpecError(f"--trials must be at least 1, not {self.trials}")
+            raise InputError(f"--trials must be at least 1, not {self.trials}")
         if self.final_samples < 0:
-            raise SpecError(f"--final-samples must be >= 0, not {self.final_samples}")
+            raise InputError(f"--final-samples must be >= 0, not {self.final_samples}")
         if self.top_k < 1:
-            raise SpecError(f"--top-k must be at least 1, not {self.top_k}")
+            raise InputError(f"--top-k must be at least 1, not {self.top_k}")
         if self.sampler not in SAMPLERS:
-            raise SpecError(f"unknown --sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
+            raise InputError(f"unknown --sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
 
 
 @dataclass
@@ -402,18 +403,18 @@ def open_study(store: Store, name: str | None, settings: Settings | None) -> opt
     try:
         check_space_name(name)  # the study is recorded as a space of its name
     except ValueError as e:
-        raise SpecError(str(e), path="--study") from None
+        raise InputError(str(e), path="--study") from None
     if name in optuna.get_all_study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
     elif settings is None:
-        raise SpecError(f"no study {name!r} in {journal}; give --space or --job to start it")
+        raise InputError(f"no study {name!r} in {journal}; give --space or --job to start it")
     else:
         study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
     try:
         stored = Settings.from_attrs(study.user_attrs)
     except KeyError:  # new, or cut short before all its settings were stored
         if settings is None:
-            raise SpecError(
+            raise InputError(
                 f"study {name!r} was cut short while it was created; give --space or --job "
                 "to set it up"
             ) from None
@@ -421,7 +422,7 @@ def open_study(store: Store, name: str | None, settings: Settings | None) -> opt
             study.set_user_attr(key, value)
         stored = settings
     if settings is not None and stored.key != settings.key:
-        raise SpecError(
+        raise InputError(
             f"study {name} optimises {stored.metric} of job {stored.base.job_id} on "
             f"{stored.num_samples} samples, not {settings.metric} of {settings.base.job_id} "
             f"on {settings.num_samples}; pass another --study NAME"
@@ -681,7 +682,7 @@ def run_churn(
         check_metric(settings.metric)
         check_churn(settings)
         if settings.num_samples < 2:
-            raise SpecError(f"--num-samples must be at least 2, not {settings.num_samples}")
+            raise InputError(f"--num-samples must be at least 2, not {settings.num_samples}")
     study = open_study(store, study_name, settings)
     if settings is None:
         search = search_ranges(study.user_attrs.get("search"), overrides)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from edmgrid.run.store import file_lock
+from edmgrid.files import file_lock
 
 #: The holder touches its claims this often.
 HEARTBEAT_S = 30.0

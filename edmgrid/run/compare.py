@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edmgrid.errors import SpecError
+from edmgrid.errors import InputError
 from edmgrid.run.store import Store
 
 #: Columns that must agree for FIDs to sit side by side (issue #6): sample count and detector.
@@ -18,7 +18,7 @@ def load_runs(store: Store, space: str | None) -> Any:
         recorded = store.space_path(space)
         if not recorded.exists():
             known = ", ".join(sorted(p.stem for p in recorded.parent.glob("*.json")))
-            raise SpecError(
+            raise InputError(
                 f"no space named {space!r} in {store.root}; recorded: {known or 'none'}"
             )
         query += f" AND job_id IN (SELECT job_id FROM space_jobs WHERE space = '{space}')"
@@ -26,11 +26,11 @@ def load_runs(store: Store, space: str | None) -> Any:
 
 
 def check_columns(frame: Any, columns: list[str]) -> None:
-    """A SpecError naming the columns ``frame`` lacks, and the ones it has."""
+    """A InputError naming the columns ``frame`` lacks, and the ones it has."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         valid = ", ".join(sorted(frame.columns))
-        raise SpecError(f"unknown column(s) {', '.join(missing)}; columns: {valid}")
+        raise InputError(f"unknown column(s) {', '.join(missing)}; columns: {valid}")
 
 
 def check_comparable(frame: Any, value: str) -> None:
@@ -41,7 +41,7 @@ def check_comparable(frame: Any, value: str) -> None:
     for column in FID_PROTOCOL_COLUMNS:
         if column in rows.columns and rows[column].nunique() > 1:
             seen = ", ".join(sorted(map(str, rows[column].dropna().unique())))
-            raise SpecError(
+            raise InputError(
                 f"these rows hold FIDs with different {column} ({seen}), which are not "
                 "comparable side by side; select like rows (e.g. --space) or pass --allow-mixed"
             )

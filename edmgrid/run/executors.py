@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from edmgrid.errors import EdmgridError, SpecError
+from edmgrid.errors import EdmgridError, InputError
 from edmgrid.run.claims import pid_alive
 
 if TYPE_CHECKING:
@@ -167,15 +167,15 @@ def assign_devices(
     Threads per worker: ``threads``, else the cores divided evenly.
     """
     if workers is not None and workers < 1:
-        raise SpecError(f"--workers must be at least 1, not {workers}")
+        raise InputError(f"--workers must be at least 1, not {workers}")
     if not gpus:
         if devices:
-            raise SpecError(f"--devices {','.join(devices)}: no GPU is visible on this machine")
+            raise InputError(f"--devices {','.join(devices)}: no GPU is visible on this machine")
         chosen: list[str | None] = [None]
     else:
         unknown = [d for d in devices or [] if d not in gpus]
         if unknown:
-            raise SpecError(
+            raise InputError(
                 f"--devices: no GPU {', '.join(unknown)}; visible GPUs: {', '.join(gpus)}"
             )
         chosen = list(devices or gpus)
@@ -475,13 +475,13 @@ def make_executor(
     given = {"--workers": workers, "--devices": devices, "--gpus": gpus, "--address": address}
     allowed = {"serial": set(), "local": {"--workers", "--devices"}, "ray": {"--gpus", "--address"}}
     if name not in allowed:
-        raise SpecError(f"unknown executor {name!r}; valid: {', '.join(allowed)}")
+        raise InputError(f"unknown executor {name!r}; valid: {', '.join(allowed)}")
     stray = [option for option, value in given.items() if value is not None]
     stray = [option for option in stray if option not in allowed[name]]
     if stray:
-        raise SpecError(f"{', '.join(stray)} cannot be used with --executor {name}")
+        raise InputError(f"{', '.join(stray)} cannot be used with --executor {name}")
     if gpus is not None and address is not None:
-        raise SpecError(
+        raise InputError(
             "--gpus declares the GPUs of a local Ray; a cluster (--address) has its own"
         )
     if name == "serial":

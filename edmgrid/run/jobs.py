@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from edmgrid import __version__
+from edmgrid.config.job import JobSpec
 from edmgrid.engine.progress import Progress
 from edmgrid.errors import EdmgridError
-from edmgrid.run.store import Store, atomic_write
-from edmgrid.spec.job import JobSpec
+from edmgrid.files import atomic_write
+from edmgrid.run.store import Store
 
 DISCRIMINATORS = ("name", "arch", "kind")
 #: Labels that keep their own name as a column (``family``/``config`` of a Table 2 preset).

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from edmgrid.engine.data import Dataset
 from edmgrid.engine.fid import quantize
-from edmgrid.errors import SpecError
+from edmgrid.errors import InputError
 from edmgrid.run.jobs import flatten
 
 #: A sampler family of Fig. 2: one line per solver, discretisation, σ(t) and s(t).
@@ -60,7 +60,7 @@ def plot_results(frame: Any, value: str, out: Path, title: str) -> str:
     """Write ``value`` as Table 2 bars or as lines over NFE to ``out``; return which."""
     frame = frame[frame[value].notna()]
     if frame.empty:
-        raise SpecError(f"no done rows have a value of {value!r} to plot")
+        raise InputError(f"no done rows have a value of {value!r} to plot")
     pair = table2_columns(frame)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -93,7 +93,7 @@ def _config_columns(frame: Any) -> list[str]:
 def _lines(ax: Any, frame: Any, value: str) -> None:
     """One line per sampler family (and per any other config column that varies) over NFE."""
     if NFE not in frame.columns:
-        raise SpecError(f"cannot plot {value} against NFE: the rows have no {NFE!r} column")
+        raise InputError(f"cannot plot {value} against NFE: the rows have no {NFE!r} column")
     varying = [
         c
         for c in _config_columns(frame)

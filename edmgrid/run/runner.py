@@ -19,14 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from edmgrid.config.job import JobSpec
+from edmgrid.config.job import model_key as job_model_key
+from edmgrid.config.space import Space
 from edmgrid.run.claims import Claims, active_run
 from edmgrid.run.executors import Event, Executor, SerialExecutor
 from edmgrid.run.jobs import EngineTrainer, Task, Trainer, flatten, record_failed
 from edmgrid.run.store import Store
 from edmgrid.run.summary import Summary
-from edmgrid.spec.job import JobSpec
-from edmgrid.spec.job import model_key as job_model_key
-from edmgrid.spec.space import Space
 
 #: How many ready tasks ``Picker.pick`` compares for each free worker.
 PICK_WINDOW = 64

@@ -19,55 +19,19 @@ warning when it is read, and is then missing: its job or training runs again.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import re
-import sys
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from edmgrid.errors import EdmgridError, SpecError
+from edmgrid.errors import EdmgridError, InputError
+from edmgrid.files import atomic_write, check_space_name, read_or_quarantine
 
 #: Statement types ``edmgrid sql`` runs (SELECT covers DESCRIBE, SHOW and SUMMARIZE);
 #: everything else may write (COPY, ATTACH, PRAGMA settings, EXPLAIN ANALYZE runs its query).
 READ_STATEMENTS = {"SELECT", "EXPLAIN"}
-
-#: Space names become file names under ``spaces/``: no separators, no leading dot.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
-NAME_RULE = "1-100 letters, digits, '_', '.' or '-', starting with a letter or digit"
-#: The folder of a results directory that unreadable files are moved to.
-QUARANTINE = "quarantine"
-
-T = TypeVar("T")
-
-
-def check_space_name(name: str) -> str:
-    """``name`` if it is a valid space name, else a ValueError that states the rule."""
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise ValueError(f"{name!r} is not a space name: use {NAME_RULE}")
-    return name
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """``write(tmp)``, fsync, rename over ``path``: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def space_fingerprint(text: bytes) -> str:
@@ -87,7 +51,7 @@ def space_fingerprint(text: bytes) -> str:
 def _checked(key: str) -> str:
     """A job id or training key: 16 hex digits (so it can never escape its folder)."""
     if not re.fullmatch(r"[0-9a-f]{16}", key):
-        raise SpecError(f"not a job id or training key: {key!r}")
+        raise InputError(f"not a job id or training key: {key!r}")
     return key
 
 
@@ -96,83 +60,6 @@ def _write_row(path: Path, row: dict[str, Any]) -> None:
 
     frame = pd.DataFrame([row])
     atomic_write(path, lambda tmp: frame.to_parquet(tmp))
-
-
-def quarantine(path: Path, root: Path, reason: str, seen: os.stat_result) -> None:
-    """Move the unreadable file ``path`` to ``root/quarantine/`` (keeping its path under
-    ``root``), with a one-line warning on stderr that is also appended to
-    ``quarantine/quarantine.log``.
-
-    ``seen`` is the file's stat from before it was read: a file replaced since (by a concurrent
-    writer) is not the one that failed, and stays; one already moved by another process is
-    not reported twice. A file that cannot be moved is only reported.
-    """
-    try:
-        now = path.stat()
-    except FileNotFoundError:
-        return
-    if (now.st_ino, now.st_size, now.st_mtime_ns) != (seen.st_ino, seen.st_size, seen.st_mtime_ns):
-        return
-    folder = root / QUARANTINE
-    try:
-        relative = path.resolve().relative_to(root.resolve())
-    except ValueError:
-        relative = Path(path.name)
-    dest, copies = folder / relative, 0
-    while dest.exists():
-        copies += 1
-        dest = folder / relative.with_name(f"{relative.name}.{copies}")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(path, dest)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        sys.stderr.write(f"warning: {path} is unreadable ({reason}) and cannot be moved: {e}\n")
-        return
-    line = f"quarantined {path}: {reason} (moved to {dest})"
-    sys.stderr.write(f"warning: {line}\n")
-    with open(folder / "quarantine.log", "a") as log:
-        log.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {line}\n")
-
-
-def read_or_quarantine(path: Path, read: Callable[[Path], T], root: Path) -> T | None:
-    """``read(path)``, or None when the file is missing or ``read`` fails on it; a file that
-    fails is quarantined (``quarantine``), so whatever it held is made again."""
-    try:
-        seen = path.stat()
-    except FileNotFoundError:
-        return None
-    try:
-        return read(path)
-    except FileNotFoundError:
-        return None
-    except MemoryError:
-        raise
-    except Exception as e:
-        said = str(e).splitlines()[0].replace(f" '{path}'", "") if str(e) else ""
-        quarantine(path, root, f"{type(e).__name__}: {said.split('. ')[0]}", seen)
-        return None
-
-
-def load_cached(path: Path, cache_dir: Path) -> Any:
-    """``torch.load`` (weights only) of a file in ``cache_dir`` (a results directory's
-    ``cache/``); None when it is missing or unreadable (then quarantined: it is made again)."""
-    import torch
-
-    return read_or_quarantine(path, lambda p: torch.load(p, weights_only=True), cache_dir.parent)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -260,7 +147,7 @@ class Store:
         """The resolved job config stored in a job's row (to re-create the job)."""
         row = self._read(self.result_path(job_id), ["config_json"])
         if row is None:
-            raise SpecError(f"no result for job {job_id} in {self.root}")
+            raise InputError(f"no result for job {job_id} in {self.root}")
         return dict(json.loads(row["config_json"]))
 
     def write(self, row: dict[str, Any]) -> None:
@@ -276,7 +163,7 @@ class Store:
         try:
             check_space_name(name)
         except ValueError as e:
-            raise SpecError(str(e), path="space") from None
+            raise InputError(str(e), path="space") from None
         return self.root / "spaces" / f"{name}.json"
 
     def record_space(
@@ -297,7 +184,7 @@ class Store:
         one of them is done; else None. Needs neither torch nor the space's expansion."""
         try:
             record = self.space_record(name)
-        except SpecError:
+        except InputError:
             return None
         if record is None or record.get("fingerprint") != fingerprint:
             return None
@@ -387,13 +274,13 @@ class Store:
             try:
                 statements = con.extract_statements(sql)
             except duckdb.Error as e:
-                raise SpecError(f"SQL error: {e}") from None
+                raise InputError(f"SQL error: {e}") from None
             for statement in statements:
                 kind = str(statement.type).rsplit(".", 1)[-1]
                 if kind == "EXPLAIN" and re.search(r"\bANALY[SZ]E\b", statement.query, re.I):
                     kind = "EXPLAIN ANALYZE"
                 if kind not in READ_STATEMENTS:
-                    raise SpecError(
+                    raise InputError(
                         f"edmgrid sql is read-only: {kind} statements are refused "
                         "(query with SELECT; the store is written by `edmgrid run`)"
                     )
@@ -405,12 +292,12 @@ class Store:
                 duckdb.CatalogException,
                 duckdb.ConversionException,
             ) as e:  # the query's own fault: no file is read again
-                raise SpecError(f"SQL error: {e}") from None
+                raise InputError(f"SQL error: {e}") from None
             except duckdb.Error as e:
                 error = e
         if self.check_files():
             return self.query(sql)
-        raise SpecError(f"SQL error: {error}")
+        raise InputError(f"SQL error: {error}")
 
 
 def _space_record(path: Path) -> dict[str, Any]:

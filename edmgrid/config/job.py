@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 
-from edmgrid.engine.data import DataSpec, datasets
-from edmgrid.engine.metrics import Metric, metrics
+from edmgrid.config.data import DataSpec, datasets
+from edmgrid.config.metrics import Metric, metrics
+from edmgrid.config.model import AnalyticModel, ModelSpec, models
+from edmgrid.config.sampler import SamplerSpec
+from edmgrid.files import content_hash
 from edmgrid.registry import Strict
-from edmgrid.spec.model import AnalyticModel, ModelSpec, models
-from edmgrid.spec.sampler import SamplerSpec
 
 #: Seeds of one job at most (FID uses 50,000; Table 2 averages three such sets).
 MAX_SEEDS = 1_000_000
@@ -80,12 +79,6 @@ class JobSpec(Strict):
     @property
     def job_id(self) -> str:
         return content_hash(self.resolved())
-
-
-def content_hash(obj: Any) -> str:
-    """16 hex digits of SHA-256 over canonical JSON."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def model_settings(job: JobSpec) -> dict[str, Any]:

@@ -13,11 +13,11 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
-from edmgrid.errors import SpecError
+from edmgrid.config.job import JobSpec
+from edmgrid.config.presets import PRESETS
+from edmgrid.errors import InputError
+from edmgrid.files import check_space_name
 from edmgrid.registry import Choice, Strict
-from edmgrid.run.store import check_space_name
-from edmgrid.spec.job import JobSpec
-from edmgrid.spec.presets import PRESETS
 
 #: Grids larger than this need an explicit confirmation (``--yes``).
 MAX_JOBS = 2000
@@ -78,18 +78,18 @@ def resolve_presets(node: Any, scope: str = "", where: str = "") -> Any:
         for name in names:
             if table is None:
                 valid = ", ".join(PRESETS)
-                raise SpecError(
+                raise InputError(
                     f"presets are not available under '{scope or 'top level'}'; only under {valid}",
                     path=here,
                 )
             if not isinstance(name, str) or name not in table:
                 valid = ", ".join(table)
-                raise SpecError(f"unknown {scope} preset {name!r}; valid: {valid}", path=here)
+                raise InputError(f"unknown {scope} preset {name!r}; valid: {valid}", path=here)
             entry = table[name]
             try:
                 out = deep_merge(out, entry(node) if callable(entry) else copy.deepcopy(entry))
             except ValueError as e:  # a preset computed from its node's keys (Table 2's budget)
-                raise SpecError(f"{scope} preset {name!r}: {e}", path=here) from None
+                raise InputError(f"{scope} preset {name!r}: {e}", path=here) from None
     rest = {k: v for k, v in node.items() if k != "preset"}
     merged = deep_merge(out, rest)
     return {
@@ -119,13 +119,13 @@ def expand(file: SpaceFile, max_jobs: int | None = None) -> list[dict[str, Any]]
     factors: list[list[list[tuple[str, Any]]]] = []
     for path, values in file.grid.items():
         if not values:
-            raise SpecError("grid entry has no values", path=f"grid.{path}")
+            raise InputError("grid entry has no values", path=f"grid.{path}")
         factors.append([[(path, v)] for v in values])
     for i, group in enumerate(file.zip):
         lengths = {len(v) for v in group.values()}
         if len(lengths) != 1 or 0 in lengths:
             detail = ", ".join(f"{p}: {len(v)}" for p, v in group.items())
-            raise SpecError(
+            raise InputError(
                 f"zip lists must have one equal, nonzero length ({detail})", path=f"zip[{i}]"
             )
         factors.append(
@@ -133,7 +133,7 @@ def expand(file: SpaceFile, max_jobs: int | None = None) -> list[dict[str, Any]]
         )
     count = math.prod(len(f) for f in factors)
     if max_jobs is not None and count > max_jobs:
-        raise SpecError(
+        raise InputError(
             f"the grid expands to {count} jobs, over the limit of {max_jobs}; "
             "pass --yes to run it anyway, or shrink grid and zip"
         )
@@ -163,7 +163,7 @@ class _LineIndex:
     def _walk(self, node: yaml.Node, prefix: str) -> None:
         self.budget -= 1
         if self.budget < 0:
-            raise SpecError(
+            raise InputError(
                 f"the document holds over {MAX_VALUES} values once its aliases (*name) are "
                 "expanded; write the values out or use grid",
                 file=self.file,
@@ -173,7 +173,7 @@ class _LineIndex:
                 path = f"{prefix}.{key.value}" if prefix else str(key.value)
                 line = key.start_mark.line + 1
                 if path in self.lines:
-                    raise SpecError(
+                    raise InputError(
                         f"duplicate key (first on line {self.lines[path]}); keep one",
                         file=self.file,
                         line=line,
@@ -232,19 +232,19 @@ def explain(error: Any, data: Any) -> tuple[str, str]:
 
 
 def read_text(path: Path) -> str:
-    """The file's text, or a SpecError that says why it cannot be read."""
+    """The file's text, or a InputError that says why it cannot be read."""
     if not path.exists():
-        raise SpecError("no such file", file=str(path))
+        raise InputError("no such file", file=str(path))
     if path.is_dir():
-        raise SpecError("is a directory, not a space file", file=str(path))
+        raise InputError("is a directory, not a space file", file=str(path))
     if not path.is_file():
-        raise SpecError("not a regular file (a pipe or device?); give a YAML file", file=str(path))
+        raise InputError("not a regular file (a pipe or device?); give a YAML file", file=str(path))
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SpecError(f"not UTF-8 text (byte {e.start})", file=str(path)) from None
+        raise InputError(f"not UTF-8 text (byte {e.start})", file=str(path)) from None
     except OSError as e:
-        raise SpecError(f"cannot read: {e.strerror}", file=str(path)) from None
+        raise InputError(f"cannot read: {e.strerror}", file=str(path)) from None
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, _LineIndex]:
@@ -263,9 +263,9 @@ def parse_yaml(text: str, file: str) -> tuple[Any, _LineIndex]:
             reason += "; a space holds plain mappings, lists, strings and numbers: drop the tag"
         elif "'\\t'" in reason:
             reason += "; indent with spaces, not tabs"
-        raise SpecError(f"invalid YAML: {reason}", file=file, line=line) from None
+        raise InputError(f"invalid YAML: {reason}", file=file, line=line) from None
     except RecursionError:
-        raise SpecError("invalid YAML: nested too deeply", file=file) from None
+        raise InputError("invalid YAML: nested too deeply", file=file) from None
     finally:
         loader.dispose()
 
@@ -291,7 +291,7 @@ def load_space(
     overrides: dict[str, Any] | None = None,
     check_inputs: bool = False,
 ) -> Space:
-    """Parse, expand and validate a space file; every problem is a SpecError naming the spot.
+    """Parse, expand and validate a space file; every problem is a InputError naming the spot.
 
     Grids over ``max_jobs`` jobs (None: no limit) are refused before they are expanded.
     ``overrides`` maps dotted paths to values set in every job (``--data`` sets ``data.path``).
@@ -300,17 +300,17 @@ def load_space(
     path = Path(path)
     raw, lines = parse_yaml(read_text(path), str(path))
     if not isinstance(raw, dict):
-        raise SpecError("a space must be a mapping with name, base, grid", file=str(path))
+        raise InputError("a space must be a mapping with name, base, grid", file=str(path))
     try:
         file = SpaceFile.model_validate(raw)
     except ValidationError as e:
         reason, where = explain(e.errors()[0], raw)
-        raise SpecError(reason, file=str(path), line=lines.find(where), path=where) from None
+        raise InputError(reason, file=str(path), line=lines.find(where), path=where) from None
     try:
         configs = expand(file, max_jobs)
-    except SpecError as e:
+    except InputError as e:
         line = lines.find(e.path, *_sources(e.path, file)) if e.path else None
-        raise SpecError(e.reason, file=str(path), line=line, path=e.path) from None
+        raise InputError(e.reason, file=str(path), line=line, path=e.path) from None
     jobs: dict[str, JobSpec] = {}
     for i, config in enumerate(configs):
         for key, value in (overrides or {}).items():
@@ -320,11 +320,11 @@ def load_space(
         except ValidationError as e:
             reason, where = explain(e.errors()[0], config)
             line = lines.find(*_sources(where, file))
-            raise SpecError(f"{reason} (job {i})", file=str(path), line=line, path=where) from None
+            raise InputError(f"{reason} (job {i})", file=str(path), line=line, path=where) from None
         missing = next(missing_inputs(job), None) if check_inputs else None
         if missing is not None:
             where, value = missing
-            raise SpecError(
+            raise InputError(
                 f"{value!r} does not exist (relative paths start at {Path.cwd()}); fix the path"
                 + (" or pass --data PATH" if where == "data.path" else ""),
                 file=str(path),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -13,11 +12,6 @@ from edmgrid.design.networks import DDPMpp, Network, networks
 from edmgrid.design.p_train import EDMTrain, PTrain, p_trains
 from edmgrid.design.precond import EDMPrecond, Precond, preconds
 from edmgrid.registry import Choice, Registry, Strict
-
-if TYPE_CHECKING:
-    from edmgrid.engine.data import Dataset
-    from edmgrid.engine.denoiser import Denoiser
-    from edmgrid.spec.job import JobSpec
 
 models = Registry("model", "the denoiser D(x; σ)", key="kind")
 
@@ -36,13 +30,9 @@ else:
 
 
 class ModelSpec(Choice):
-    """A denoiser source."""
+    """A denoiser source (built by ``edmgrid.engine.evaluate.build_denoiser``)."""
 
     kind: str
-
-    def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-        """The denoiser of this model for ``dataset`` (``cache_dir`` holds checkpoints)."""
-        raise NotImplementedError
 
 
 @models.register
@@ -52,11 +42,6 @@ class AnalyticModel(ModelSpec):
     kind: Literal["analytic"] = "analytic"
     chunk: int = Field(4096, ge=1)
 
-    def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-        from edmgrid.engine.denoiser import AnalyticDenoiser
-
-        return AnalyticDenoiser(dataset.x, chunk=self.chunk)
-
 
 @models.register
 class PickleModel(ModelSpec):
@@ -65,11 +50,6 @@ class PickleModel(ModelSpec):
     kind: Literal["pickle"] = "pickle"
     input_paths = ("path",)
     path: str = Field(min_length=1)
-
-    def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-        from edmgrid.engine.models import load_network_pickle, network_denoiser
-
-        return network_denoiser(load_network_pickle(self.path), dataset, self.path)
 
 
 @models.register
@@ -82,11 +62,6 @@ class EntrypointModel(ModelSpec):
     kind: Literal["entrypoint"] = "entrypoint"
     target: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
     kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-        from edmgrid.engine.models import load_entrypoint, network_denoiser
-
-        return network_denoiser(load_entrypoint(self.target, self.kwargs), dataset, self.target)
 
 
 class TrainingSpec(Strict):
@@ -120,9 +95,3 @@ class TrainedModel(ModelSpec):
     p_train: PTrainChoice = Field(default_factory=EDMTrain)
     augment: AugmentChoice = Field(default_factory=NoAugment)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-
-    def build(self, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-        from edmgrid.engine.denoiser import TorchDenoiser
-        from edmgrid.engine.train import load_trained
-
-        return TorchDenoiser(load_trained(job, dataset, cache_dir))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from edmgrid.config.data import datasets
+from edmgrid.config.metrics import metrics
+from edmgrid.config.model import models
 from edmgrid.design import AXES
-from edmgrid.engine.data import datasets
-from edmgrid.engine.metrics import metrics
 from edmgrid.registry import Registry
-from edmgrid.spec.model import models
 
 
 def all_registries() -> dict[str, Registry]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from edmgrid.spec.table2 import model_presets
+from edmgrid.config.table2 import model_presets
 
 #: Table 1 sampling families with the step counts of their original samplers (Table 3, row 1).
 SAMPLER: dict[str, dict[str, Any]] = {

@@ -1,0 +1,78 @@
+"""The ``data:`` axis: which data set a job trains on and measures against.
+
+Besides the built-in ``digits`` and ``toy2d``, four choices read a local file the user names with
+``path`` (formats: :mod:`edmgrid.engine.datafiles`): ``cifar10``, ``image_folder``, ``npz`` and
+``edm_zip``. These are the schemas; :func:`edmgrid.engine.data.load_data` loads each.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from edmgrid.registry import Choice, Registry
+
+datasets = Registry("data", "training / reference data set")
+
+
+class DataSpec(Choice):
+    """A data set, loaded by name (``edmgrid.engine.data.load_data``)."""
+
+    name: str
+
+
+@datasets.register
+class Digits(DataSpec):
+    """scikit-learn's bundled 8×8 digits (1797 images, 10 classes), scaled to [−1, 1]."""
+
+    name: Literal["digits"] = "digits"
+
+
+MIXTURES = ("ring8", "grid25", "swissroll")
+
+
+@datasets.register
+class Toy2D(DataSpec):
+    """Named 2-D mixtures (ring8: 8 Gaussians on the unit circle; grid25: a 5×5 grid; swissroll)."""
+
+    name: Literal["toy2d"] = "toy2d"
+    mixture: Literal["ring8", "grid25", "swissroll"] = "ring8"
+    n: int = Field(2048, ge=16)
+    std: float = Field(0.05, gt=0)
+    seed: int = 0
+
+
+class ImageFile(DataSpec):
+    """Images read from a local file or folder (``path``), with their class labels if any."""
+
+    input_paths = ("path",)
+    path: str = Field(min_length=1)
+
+
+@datasets.register
+class Cifar10(ImageFile):
+    """CIFAR-10 training split: ``cifar-10-python.tar.gz`` or its ``cifar-10-batches-py/``."""
+
+    name: Literal["cifar10"] = "cifar10"
+
+
+@datasets.register
+class ImageFolder(ImageFile):
+    """A folder of same-sized PNG/JPEG images; labels from its ``dataset.json`` if present."""
+
+    name: Literal["image_folder"] = "image_folder"
+
+
+@datasets.register
+class Npz(ImageFile):
+    """An ``.npz`` with uint8 ``images`` (NHWC or NCHW) and optional integer ``labels``."""
+
+    name: Literal["npz"] = "npz"
+
+
+@datasets.register
+class EDMZip(ImageFile):
+    """The official EDM dataset zip (``dataset_tool.py`` output) with ``dataset.json`` labels."""
+
+    name: Literal["edm_zip"] = "edm_zip"

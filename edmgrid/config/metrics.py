@@ -1,0 +1,110 @@
+"""The ``metrics:`` axis: which result columns an evaluation job measures.
+
+These are the schemas, registered by the name of their result column; the computing code is
+:mod:`edmgrid.engine.metrics` (``compute`` dispatches on the metric's class), so that checking a
+spec needs neither torch nor Inception.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from edmgrid.config.sampler import SamplerSpec
+from edmgrid.files import content_hash
+from edmgrid.registry import Choice, Registry
+
+if TYPE_CHECKING:
+    from edmgrid.config.job import JobSpec
+
+metrics = Registry("metric", "evaluation metric (a result column)")
+
+
+class Metric(Choice):
+    """A metric: ``edmgrid.engine.metrics.compute`` returns its {column: value}."""
+
+    name: str
+
+    def shared_work(self, job: JobSpec) -> str | None:
+        """A key of the cached work this metric shares with other jobs (computed by the first
+        job that needs it), or None. A scheduling hint: jobs that need the same work are not
+        started side by side while it is being done."""
+        return None
+
+
+@metrics.register
+class ODEError(Metric):
+    """RMS distance to a high-accuracy solution of the same ODE from the same latents.
+
+    The reference is EDM Heun with ``reference_steps`` steps over the run's own [σ_{N−1}, σ_0],
+    so both solve dx/dσ = (x − D(x; σ))/σ between the same end points.
+    """
+
+    name: Literal["ode_error"] = "ode_error"
+    reference_steps: int = Field(256, ge=2)
+
+    def reference(self, sigma_last: float, sigma_first: float) -> SamplerSpec:
+        """The reference sampler of a run whose σ_{N−1}, σ_0 are ``sigma_last``, ``sigma_first``."""
+        return SamplerSpec.model_validate(
+            {
+                "timesteps": {
+                    "name": "edm",
+                    "num_steps": self.reference_steps,
+                    "sigma_min": sigma_last,
+                    "sigma_max": sigma_first,
+                }
+            }
+        )
+
+    def shared_work(self, job: JobSpec) -> str | None:
+        """The reference solution: one per data, model, seeds and σ range (the time steps'
+        choice and bounds, whatever the number of steps)."""
+        timesteps = job.sampler.timesteps.model_dump(mode="json", exclude={"num_steps"})
+        dump = job.model_dump(mode="json", include={"data", "model", "seeds"})
+        return content_hash({**dump, "timesteps": timesteps, "metric": self.model_dump()})
+
+
+@metrics.register
+class FDRaw(Metric):
+    """Fréchet distance between samples and data in data space (float64 statistics)."""
+
+    name: Literal["fd_raw"] = "fd_raw"
+
+
+@metrics.register
+class FD(Metric):
+    """Fréchet distance of samples and data in a small classifier's features (digits' FID).
+
+    The classifier is trained once per data set on its labels and cached by content hash.
+    """
+
+    name: Literal["fd"] = "fd"
+
+    def shared_work(self, job: JobSpec) -> str | None:
+        """The data set's classifier."""
+        return content_hash({"fd": job.data.model_dump(mode="json")})
+
+
+@metrics.register
+class FID(Metric):
+    """Fréchet Inception Distance (EDM App. F.1) with Inception-v3 weights from a local file.
+
+    The reference is ``reference`` (an ``.npz`` with ``mu``/``sigma``) or else the statistics of
+    every data set image, computed once and cached by content hash. ``protocol: paper`` takes
+    three runs of n = len(seeds) images on the job's seeds and the two ranges after them (seeds
+    0-49999 give the paper's 0–49999, 50000–99999, 100000–149999) and reports the minimum.
+    Weights: ``inception``, else ``$EDMGRID_INCEPTION`` (which ``edmgrid run --inception`` sets).
+    """
+
+    name: Literal["fid"] = "fid"
+    input_paths = ("inception", "reference")
+    inception: str | None = None
+    reference: str | None = None
+    protocol: Literal["single", "paper"] = "single"
+
+    def shared_work(self, job: JobSpec) -> str | None:
+        """The data set's reference statistics (none to compute with a given ``reference``)."""
+        if self.reference is not None:
+            return None
+        return content_hash({"fid": job.data.model_dump(mode="json"), "weights": self.inception})
