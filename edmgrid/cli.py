@@ -154,6 +154,9 @@ def run(
     retry_failed: bool = typer.Option(
         True, "--retry-failed/--no-retry-failed", help="Re-run jobs whose last result is a failure."
     ),
+    rerun_stale: bool = typer.Option(
+        False, "--rerun-stale", help="Re-run jobs whose row other code computed (its fingerprint)."
+    ),
     executor: str = EXECUTOR,
     workers: int | None = WORKERS,
     devices: str | None = DEVICES,
@@ -216,6 +219,8 @@ def run(
     loaded = load_space(
         space, max_jobs=None if yes else MAX_JOBS, overrides=overrides, check_inputs=True
     )
+    if not force:
+        _warn_stale(loaded, store, rerun_stale)
     chosen = _executor(executor, workers, devices, gpus, address)
     summary = run_space(
         loaded,
@@ -223,6 +228,7 @@ def run(
         executor=chosen,
         force=force,
         retry_failed=retry_failed,
+        rerun_stale=rerun_stale,
         train_gpus=train_gpus,
         fingerprint=fingerprint,
     )
@@ -230,6 +236,23 @@ def run(
     _print_summary(summary)
     if not summary.ok:
         raise typer.Exit(1)
+
+
+def _warn_stale(space: Any, store: Any, rerun: bool) -> None:
+    """Say how many of the space's done rows other code computed (``run/provenance.py``)."""
+    from edmgrid.run.provenance import code_fingerprint
+
+    stale = store.stale([j.job_id for j in space.jobs], code_fingerprint())
+    if not stale:
+        return
+    what = f"{len(stale)} of {len(space.jobs)} rows of space {space.name}"
+    if rerun:
+        sys.stderr.write(f"re-running {what}: other code computed them\n")
+    else:
+        sys.stderr.write(
+            f"warning: {what} were computed by other code (their code_fingerprint is not "
+            f"{code_fingerprint()}); kept as they are, --rerun-stale evaluates them again\n"
+        )
 
 
 def _finished_jobs(text: bytes, store: Any, fingerprint: str) -> int | None:

@@ -4,7 +4,6 @@ calls ``run_job`` in its worker."""
 from __future__ import annotations
 
 import os
-import platform
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -12,11 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from edmgrid import __version__
 from edmgrid.config.job import JobSpec
 from edmgrid.engine.progress import Progress
 from edmgrid.errors import EdmgridError
 from edmgrid.files import atomic_write
+from edmgrid.run.provenance import provenance
 from edmgrid.run.store import Store
 
 DISCRIMINATORS = ("name", "arch", "kind")
@@ -194,8 +193,7 @@ def _row(task: Task) -> dict[str, Any]:
 def _write(task: Task, store: Store, row: dict[str, Any]) -> dict[str, Any]:
     row.update(
         device=device_name(),
-        host=platform.node(),
-        edmgrid_version=__version__,
+        **provenance(),
         created_at=datetime.now(UTC),
     )
     (store.write_training if task.kind == "train" else store.write)(row)

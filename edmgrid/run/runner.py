@@ -25,6 +25,7 @@ from edmgrid.config.space import Space
 from edmgrid.run.claims import Claims, active_run
 from edmgrid.run.executors import Event, Executor, SerialExecutor
 from edmgrid.run.jobs import EngineTrainer, Task, Trainer, flatten, record_failed
+from edmgrid.run.provenance import code_fingerprint
 from edmgrid.run.store import Store
 from edmgrid.run.summary import Summary
 
@@ -44,13 +45,18 @@ class Plan:
     failed_trainings: dict[str, dict[str, Any]]  # not retried: their evaluations fail at once
 
 
-def pending(space: Space, store: Store, force: bool, retry_failed: bool) -> list[JobSpec]:
-    """The jobs of a space that need evaluating."""
-    statuses = {} if force else store.statuses([j.job_id for j in space.jobs])
+def pending(
+    space: Space, store: Store, force: bool, retry_failed: bool, rerun_stale: bool = False
+) -> list[JobSpec]:
+    """The jobs of a space that need evaluating (``rerun_stale``: also done ones that other
+    code computed, ``Store.stale``)."""
+    ids = [j.job_id for j in space.jobs]
+    statuses = {} if force else store.statuses(ids)
+    stale = set(store.stale(ids, code_fingerprint())) if rerun_stale and not force else set()
     todo = []
     for job in space.jobs:
         status = statuses.get(job.job_id)
-        if status is None or (status == "failed" and retry_failed):
+        if status is None or (status == "failed" and retry_failed) or job.job_id in stale:
             todo.append(job)
     return todo
 
@@ -73,10 +79,11 @@ def plan(
     *,
     force: bool = False,
     retry_failed: bool = True,
+    rerun_stale: bool = False,
     train_gpus: int = 1,
 ) -> Plan:
     """Pending evaluations and the trainings they need that are not done."""
-    jobs = pending(space, store, force, retry_failed)
+    jobs = pending(space, store, force, retry_failed, rerun_stale)
     evaluations = [Task.evaluation(j, space.name, trainer) for j in jobs]
     trains: dict[str, Task] = {}
     failed: dict[str, dict[str, Any]] = {}
@@ -218,9 +225,16 @@ class _Scheduler:
     """The driver loop of one run."""
 
     def __init__(
-        self, the_plan: Plan, store: Store, executor: Executor, claims: Claims, force: bool
+        self,
+        the_plan: Plan,
+        store: Store,
+        executor: Executor,
+        claims: Claims,
+        force: bool,
+        rerun_stale: bool = False,
     ) -> None:
         self.store, self.executor, self.claims, self.force = store, executor, claims, force
+        self.rerun_stale = rerun_stale
         self.summary = Summary(counts=Counter(skipped=the_plan.skipped))
         self.ready: list[Task] = list(the_plan.trains)
         self.waiting: dict[str, list[Task]] = {t.key: [] for t in the_plan.trains}
@@ -242,7 +256,10 @@ class _Scheduler:
         """The task's status in the store now (of a training: ``training_status``)."""
         if task.kind == "train":
             return training_status(self.store, task.trainer, task.key)
-        return self.store.status(task.key)
+        status = self.store.status(task.key)
+        if status == "done" and self.rerun_stale:  # a stale row is to be redone, not kept
+            return None if self.store.stale([task.key], code_fingerprint()) else status
+        return status
 
     def dispatch(self) -> None:
         for worker in self.executor.free():
@@ -346,6 +363,7 @@ def run_space(
     trainer: Trainer | None = None,
     force: bool = False,
     retry_failed: bool = True,
+    rerun_stale: bool = False,
     train_gpus: int = 1,
     show_progress: bool | None = None,
     fingerprint: str | None = None,
@@ -365,9 +383,15 @@ def run_space(
         job_ids = [j.job_id for j in space.jobs]
         store.record_space(space.name, space.source, job_ids, fingerprint)
         the_plan = plan(
-            space, store, trainer, force=force, retry_failed=retry_failed, train_gpus=train_gpus
+            space,
+            store,
+            trainer,
+            force=force,
+            retry_failed=retry_failed,
+            rerun_stale=rerun_stale,
+            train_gpus=train_gpus,
         )
-        scheduler = _Scheduler(the_plan, store, executor, claims, force)
+        scheduler = _Scheduler(the_plan, store, executor, claims, force, rerun_stale)
         total = len(space.jobs) - the_plan.skipped
         if scheduler.busy:
             executor.open(store.root.resolve(), scheduler.on_event)

@@ -28,6 +28,7 @@ from typing import Any
 
 from edmgrid.errors import EdmgridError, InputError
 from edmgrid.files import atomic_write, check_space_name, read_or_quarantine
+from edmgrid.run.provenance import PACKAGE, code_fingerprint, hash_sources
 
 #: Statement types ``edmgrid sql`` runs (SELECT covers DESCRIBE, SHOW and SUMMARIZE);
 #: everything else may write (COPY, ATTACH, PRAGMA settings, EXPLAIN ANALYZE runs its query).
@@ -40,12 +41,8 @@ def space_fingerprint(text: bytes) -> str:
     Equal fingerprints expand to equal jobs, so a re-run can tell that it has nothing to do
     without expanding the space (which validates every job).
     """
-    digest = hashlib.sha256(text)
-    package = Path(__file__).resolve().parents[1]
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    digest = hash_sources(hashlib.sha256(text), PACKAGE.rglob("*.py"))
+    return str(digest.hexdigest()[:16])
 
 
 def _checked(key: str) -> str:
@@ -98,23 +95,44 @@ class Store:
         return None if row is None else str(row["status"])
 
     def statuses(self, job_ids: list[str]) -> dict[str, str]:
-        """{job id: 'done' | 'failed'} for the jobs that have a row (one DuckDB scan; if DuckDB
-        cannot read a file, the rows are read one by one and the unreadable ones quarantined)."""
+        """{job id: 'done' | 'failed'} for the jobs that have a row."""
+        return {job: str(row["status"]) for job, row in self._scan(job_ids, ["status"]).items()}
+
+    def stale(self, job_ids: list[str], fingerprint: str) -> list[str]:
+        """The done jobs among ``job_ids`` whose row other code computed: its
+        ``code_fingerprint`` (``run/provenance.py``) is not ``fingerprint``, or it has none."""
+        rows = self._scan(job_ids, ["status", "code_fingerprint"])
+        return [
+            job
+            for job, row in rows.items()
+            if row["status"] == "done" and row["code_fingerprint"] != fingerprint
+        ]
+
+    def _scan(self, job_ids: list[str], columns: list[str]) -> dict[str, dict[str, Any]]:
+        """{job id: {column: value}} for the jobs that have a row, a column no row holds being
+        None (one DuckDB scan; if DuckDB cannot read a file, the rows are read one by one and
+        the unreadable ones quarantined)."""
         import duckdb
 
         paths = [p for p in map(self.result_path, job_ids) if p.exists()]
         if not paths:
             return {}
+        stub = ", ".join(f"NULL AS {c}" for c in columns)
+        sql = (
+            f"SELECT job_id, {', '.join(columns)} FROM (SELECT * FROM read_parquet(?, "
+            f"union_by_name = true) UNION ALL BY NAME SELECT {stub} WHERE false)"
+        )
         try:
             with duckdb.connect() as con:
-                rows = con.execute(
-                    "SELECT job_id, status FROM read_parquet(?, union_by_name = true)",
-                    [[p.as_posix() for p in paths]],
-                ).fetchall()
+                found = con.execute(sql, [[p.as_posix() for p in paths]]).fetchall()
         except duckdb.Error:
-            read = {p.stem: self._read(p, ["status"]) for p in paths}
-            return {job: str(row["status"]) for job, row in read.items() if row is not None}
-        return {str(job): str(status) for job, status in rows}
+            read = {p.stem: self._read(p) for p in paths}
+            return {
+                job: {c: row.get(c) for c in columns}
+                for job, row in read.items()
+                if row is not None
+            }
+        return {str(job): dict(zip(columns, values, strict=True)) for job, *values in found}
 
     def training_status(self, key: str) -> str | None:
         """'done', 'failed', or None when the training has no row yet."""
@@ -181,7 +199,8 @@ class Store:
 
     def finished(self, name: str, fingerprint: str) -> list[str] | None:
         """The job ids of space ``name`` when it was recorded with ``fingerprint`` and every
-        one of them is done; else None. Needs neither torch nor the space's expansion."""
+        one of them is done by the current code (``Store.stale``); else None. Needs neither
+        torch nor the space's expansion."""
         try:
             record = self.space_record(name)
         except InputError:
@@ -189,8 +208,9 @@ class Store:
         if record is None or record.get("fingerprint") != fingerprint:
             return None
         jobs: list[str] = record["jobs"]
-        statuses = self.statuses(jobs)
-        return jobs if all(statuses.get(job) == "done" for job in jobs) else None
+        rows = self._scan(jobs, ["status", "code_fingerprint"])
+        current = {"status": "done", "code_fingerprint": code_fingerprint()}
+        return jobs if all(rows.get(job) == current for job in jobs) else None
 
     def check_files(self) -> int:
         """Read every row and space record in full and quarantine the unreadable ones; returns
