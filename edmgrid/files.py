@@ -44,12 +44,37 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def umask() -> int:
+    """The process's file mode creation mask (read from /proc on Linux; elsewhere set and
+    restored, which is not thread-safe for that instant)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of the files edmgrid creates, before the umask: what ``open(path, "w")`` gives, so
+#: that a store shared by a group (umask 002) or readable by all (022) stays so.
+FILE_MODE = 0o666
+
+
 def atomic_write(path: Path, write: Any) -> None:
-    """``write(tmp)``, fsync, rename over ``path``: readers never see a partial file."""
+    """``write(tmp)``, fsync, rename over ``path``: readers never see a partial file.
+
+    The file gets the mode a plainly created one would (``FILE_MODE`` less the umask), not
+    ``mkstemp``'s 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, FILE_MODE & ~umask())
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -128,7 +153,7 @@ def load_cached(path: Path, cache_dir: Path) -> Any:
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -216,3 +216,37 @@ def test_every_torch_load_is_weights_only_and_pickle_is_read_only_where_the_user
         for name in ("load", "loads"):
             if _calls(tree, "pickle", name):
                 assert where in allowed_pickle, f"{where} calls pickle.{name}"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002], ids=["022", "002"])
+def test_every_file_and_folder_of_a_store_follows_the_umask(tmp_path: Path, mask: int) -> None:
+    """022: colleagues can read the store; 002: the group can also write (and run) in it."""
+    from edmgrid.files import file_lock
+    from edmgrid.run.claims import Claims, active_run
+
+    old = os.umask(mask)
+    try:
+        store = make_store(tmp_path / "results")  # rows, a space record, the DuckDB file
+        cached_tensor(store.cache, {"k": 1}, lambda: torch.arange(3.0))  # torch.save + lock
+        with active_run(store.root), Claims(store.root) as claims:
+            assert claims.acquire("0123456789abcdef")
+            with file_lock(store.root / "some.lock"):
+                modes = {
+                    p.relative_to(store.root).as_posix(): (p.is_dir(), p.stat().st_mode & 0o777)
+                    for p in store.root.rglob("*")
+                }
+    finally:
+        os.umask(old)
+    assert set(modes) >= {
+        "edmgrid.duckdb",
+        "runs/0123456789abcdef.parquet",
+        "spaces/s.json",
+        "cache/tensors",
+        "claims/0123456789abcdef.claim",
+        ".active",
+        "some.lock",
+    }
+    wanted = {
+        name: (folder, (0o777 if folder else 0o666) & ~mask) for name, (folder, _) in modes.items()
+    }
+    assert modes == wanted

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from edmgrid.files import file_lock
+from edmgrid.files import FILE_MODE, file_lock
 
 #: The holder touches its claims this often.
 HEARTBEAT_S = 30.0
@@ -83,7 +83,7 @@ class Claims:
             self.held.add(name)
             body = json.dumps({"pid": self.pid, "host": self.host, "time": time.time()})
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
             except FileExistsError:  # a run whose file system ignores our lock
                 self.held.discard(name)
                 return False
@@ -140,7 +140,7 @@ def sweep(root: Path) -> int:
 def active_run(root: Path) -> Iterator[bool]:
     """Mark a run as live for the block; yields whether it found (and swept) leftovers alone."""
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".active", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(root / ".active", os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
