@@ -219,6 +219,7 @@ def run(
     loaded = load_space(
         space, max_jobs=None if yes else MAX_JOBS, overrides=overrides, check_inputs=True
     )
+    _warn_extreme_sigma(loaded)
     if not force:
         _warn_stale(loaded, store, rerun_stale)
     chosen = _executor(executor, workers, devices, gpus, address)
@@ -287,6 +288,8 @@ def _print_summary(summary: Any) -> None:
             f"[red]failed[/red] {row['job_id']}: {row['error']} "
             f"(traceback: {row['traceback_path']})"
         )
+    for row in summary.suspects:
+        console.print(f"[yellow]suspect[/yellow] {row['job_id']}: {row['suspect']}")
 
 
 @app.command()
@@ -300,6 +303,7 @@ def show(
     from edmgrid.run.jobs import flatten
 
     loaded = load_space(space, max_jobs=None if yes else MAX_JOBS)
+    _warn_extreme_sigma(loaded)
     if as_json:
         jobs = [{"job_id": j.job_id, **j.resolved()} for j in loaded.jobs]
         sys.stdout.write(json.dumps({"space": loaded.name, "jobs": jobs}, indent=1) + "\n")
@@ -313,6 +317,27 @@ def show(
         for job, config in zip(loaded.jobs, configs, strict=True)
     )
     _print_table(["job_id", "varying settings"], rows, f"{loaded.name}: {len(loaded.jobs)} jobs")
+
+
+def _warn_extreme_sigma(space: Any) -> None:
+    """Name the jobs whose default σ_max is extreme (``SamplerSpec.extreme_default_sigma_max``)
+    and the fix, one line per time steps, schedule and σ_max."""
+    from edmgrid.config.sampler import EXTREME_SIGMA_MAX
+
+    groups: dict[tuple[str, str, float], list[str]] = {}
+    for job in space.jobs:
+        sigma_max = job.sampler.extreme_default_sigma_max()
+        if sigma_max is not None:
+            key = (job.sampler.timesteps.name, job.sampler.schedule.name, sigma_max)
+            groups.setdefault(key, []).append(job.job_id)
+    for (steps, schedule, sigma_max), ids in groups.items():
+        named = ", ".join(ids[:4]) + (f" and {len(ids) - 4} more" if len(ids) > 4 else "")
+        sys.stderr.write(
+            f"warning: {len(ids)} job(s) of {space.name} ({named}): {steps} time steps on the "
+            f"{schedule} schedule default to σ_max = {sigma_max:.6g}, over {EXTREME_SIGMA_MAX:g} "
+            "(Table 1 uses 80 to 152); set sampler.timesteps.sigma_max (e.g. 80) or use edm "
+            "time steps\n"
+        )
 
 
 @app.command()

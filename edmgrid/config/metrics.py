@@ -32,6 +32,11 @@ class Metric(Choice):
         started side by side while it is being done."""
         return None
 
+    def bounds(self, data_scale: float) -> dict[str, float]:
+        """Upper bounds of its columns beyond which a value cannot be right for data in
+        [−data_scale, data_scale] (the row is then ``suspect``); default: none."""
+        return {}
+
 
 @metrics.register
 class ODEError(Metric):
@@ -56,6 +61,11 @@ class ODEError(Metric):
                 }
             }
         )
+
+    def bounds(self, data_scale: float) -> dict[str, float]:
+        """2·max|data|: two points of the data's range differ by at most that per element, so
+        an RMS error beyond it means the sample or the reference has left the range."""
+        return {"ode_error": 2 * data_scale}
 
     def shared_work(self, job: JobSpec) -> str | None:
         """The reference solution: one per data, model, seeds and σ range (the time steps'

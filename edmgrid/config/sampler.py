@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, model_validator
 from edmgrid.design.scaling import NoScaling, Scaling, scalings
 from edmgrid.design.schedule import Linear, Schedule, schedules
 from edmgrid.design.solver import Heun, Solver, solvers
-from edmgrid.design.timesteps import EDMSteps, Timesteps, timesteps
+from edmgrid.design.timesteps import EDMSteps, SigmaList, Timesteps, timesteps
 from edmgrid.registry import Strict
 
 if TYPE_CHECKING:  # type checkers see the base class; pydantic validates the tagged union
@@ -23,6 +23,10 @@ else:
     TimestepsChoice = timesteps.union()
     ScheduleChoice = schedules.union()
     ScalingChoice = scalings.union()
+
+
+#: A default σ_max above this is extreme: Table 1's defaults are 80 (EDM) to 152 (VP).
+EXTREME_SIGMA_MAX = 1000.0
 
 
 class SamplerSpec(Strict):
@@ -46,6 +50,15 @@ class SamplerSpec(Strict):
             default_min if ts.sigma_min is None else ts.sigma_min,
             default_max if ts.sigma_max is None else ts.sigma_max,
         )
+
+    def extreme_default_sigma_max(self) -> float | None:
+        """The default σ_max when it is extreme (over EXTREME_SIGMA_MAX, e.g. 31623 of
+        ``uniform`` steps on a γ schedule clipped at 1e-9, Chen 2023) and not set (a ``sigmas``
+        list sets its own); else None."""
+        if self.timesteps.sigma_max is not None or isinstance(self.timesteps, SigmaList):
+            return None
+        sigma_max = self.sigma_range()[1]
+        return sigma_max if sigma_max > EXTREME_SIGMA_MAX else None
 
     @model_validator(mode="after")
     def _nonempty_range(self) -> SamplerSpec:

@@ -41,6 +41,8 @@ from edmgrid.files import atomic_write, content_hash, file_lock, load_cached
 
 #: Samples per denoiser call; results do not depend on it (one generator per seed).
 MAX_BATCH = 512
+#: Samples beyond this multiple of the data's largest |x| are absurd: the row is ``suspect``.
+SUSPECT_RANGE = 4.0
 
 
 def build_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
@@ -192,7 +194,27 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
             if isinstance(value, float) and not math.isfinite(value):
                 raise JobError(f"metric {column} is not finite ({value})")
             row[column] = value
+    row["suspect"] = suspect(job, samples, dataset, row)
     return row
+
+
+def suspect(job: JobSpec, samples: Tensor, dataset: Dataset, row: dict[str, Any]) -> str | None:
+    """Why a finished run's numbers cannot be right, or None: samples beyond SUSPECT_RANGE ×
+    max|data|, or a metric beyond its ``bounds``. (Non-finite samples or metrics fail the job
+    instead: there are no numbers to keep.)"""
+    scale = float(dataset.x.abs().max())
+    reasons = []
+    reach = float(samples.abs().max())
+    if reach > SUSPECT_RANGE * scale:
+        reasons.append(
+            f"samples reach |x| = {reach:.4g} > {SUSPECT_RANGE:g} × max|data| {scale:.4g}"
+        )
+    for metric in job.metrics:
+        for column, bound in metric.bounds(scale).items():
+            value = row.get(column)
+            if isinstance(value, float) and value > bound:
+                reasons.append(f"{column} = {value:.4g} > its bound {bound:.4g}")
+    return "; ".join(reasons) or None
 
 
 def draw_samples(job: JobSpec, cache_dir: Path, n: int) -> tuple[Dataset, Tensor]:

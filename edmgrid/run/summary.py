@@ -14,6 +14,7 @@ class Summary:
     counts: Counter[str] = field(default_factory=Counter)
     seconds: dict[str, float] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    suspects: list[dict[str, Any]] = field(default_factory=list)  # done, numbers implausible
     executed: list[str] = field(default_factory=list)
     wall: float = 0.0
 
@@ -28,3 +29,5 @@ class Summary:
         self.executed.append(name)
         if row["status"] == "failed":
             self.failures.append(row)
+        elif row.get("suspect"):
+            self.suspects.append(row)
