@@ -8,9 +8,11 @@ import pytest
 import torch
 from fake_training import toy_space
 
+from edmgrid.config.data import Digits
 from edmgrid.config.job import JobSpec
+from edmgrid.config.model import TrainedModel
 from edmgrid.config.space import resolve_presets
-from edmgrid.config.table2 import table2
+from edmgrid.config.table2 import TINY_SCALE, table2
 from edmgrid.engine import train as train_mod
 from edmgrid.engine.data import load_data
 from edmgrid.engine.train import checkpoint_path, train, training_key, update_ema
@@ -38,17 +40,80 @@ def test_table2_configs_change_one_thing_at_a_time():
     assert (c["precond"], d["precond"]) == ({"name": "vp"}, {"name": "edm"})
     assert d["loss_weight"] == {"name": "vp"} and e["loss_weight"] == {"name": "edm"}
     assert e["p_train"] == {"name": "edm"} and e["augment"] == {"name": "none"}
-    assert f["augment"] == {"name": "edm", "p": 0.12} and not f["training"]["xflip"]
+    assert f["augment"] == {"name": "edm", "p": 0.12}
     assert table2("ve", "A")["network"]["arch"] == "ncsnpp"
-    assert table2("ve", "A")["training"]["ema_halflife_kimg"] == 900
+
+
+def test_config_a_ema_halflives_are_song_et_al_rates_at_batch_128():
+    # Half-life in images of an EMA rate r per step of 128 images: 128·ln ½ / ln r.
+    def kimg(rate: float) -> float:
+        return 128 * math.log(0.5) / math.log(rate) / 1000
+
+    vp, ve = (table2(f, "A")["training"]["ema_halflife_kimg"] for f in ("vp", "ve"))
+    assert vp == pytest.approx(kimg(0.9999), rel=0.01)  # Table 7's 0.89 Mimg
+    assert ve == pytest.approx(kimg(0.999), rel=0.02)  # 0.09 Mimg; Table 7 prints 0.9
+    assert table2("vp", "B")["training"]["ema_halflife_kimg"] == 500
 
 
 def test_tiny_budget_scales_durations_batch_and_width_and_shows_them():
     tiny = job("vp-A").model
     assert tiny.budget == "tiny"
     assert tiny.training.batch_size == 32
-    assert tiny.training.lr_rampup_kimg == pytest.approx(640 / 4000)
+    assert tiny.training.lr_rampup_kimg == pytest.approx(640 / TINY_SCALE)
     assert tiny.network.model_channels == 16 and tiny.network.num_blocks == 1
+
+
+@pytest.mark.parametrize("preset", [f"{f}-{c}" for f in ("vp", "ve") for c in "ABCDEF"])
+def test_tiny_budget_ema_averages_over_many_steps_by_the_end_of_the_run(preset):
+    training = JobSpec.model_validate(
+        resolve_presets(
+            {
+                "data": {"name": "digits"},
+                "model": {"preset": preset, "budget": "tiny"},
+                "metrics": [{"name": "fd"}],
+            }
+        )
+    ).model.training
+    total = training.duration_kimg * 1000
+    halflife = min(training.ema_halflife_kimg * 1000, training.ema_rampup_ratio * total)
+    steps = halflife / training.batch_size  # half-life in steps at the end of the run
+    assert steps >= 10
+    assert halflife <= 0.05 * total  # and the EMA still follows the run
+
+
+def _cell(preset: str, data: dict, **model) -> TrainedModel:
+    config = {"data": data, "model": {"preset": preset, "budget": "tiny", **model}}
+    return JobSpec.model_validate(resolve_presets({**config, "metrics": [{"name": "fd"}]})).model
+
+
+def test_table2_on_digits_has_no_dataset_x_flips_and_digits_sigma_data():
+    a, e, f = (_cell(f"vp-{c}", {"name": "digits"}) for c in "AEF")
+    assert not a.training.xflip and not e.training.xflip and not f.training.xflip
+    assert f.augment.xflip == 1.0  # an ordinary non-leaky transform, enabled with p like y-flip
+    assert (e.precond.sigma_data, e.loss_weight.sigma_data) == (0.75, 0.75)
+    assert _cell("vp-D", {"name": "digits"}).precond.sigma_data == 0.75
+    on_toy = [_cell(f"vp-{c}", {"name": "toy2d"}) for c in "AEF"]
+    assert [m.training.xflip for m in on_toy] == [True, True, False]  # x-flips valid there
+    assert on_toy[2].augment.xflip == 1e8 and on_toy[1].precond.sigma_data == 0.5
+
+
+def test_table2_data_rules_leave_what_the_space_sets():
+    a = _cell("vp-A", {"name": "digits"}, training={"xflip": True})
+    f = _cell("ve-F", {"name": "digits"}, augment={"xflip": 0}, precond={"sigma_data": 0.6})
+    assert a.training.xflip and f.augment.xflip == 0 and f.precond.sigma_data == 0.6
+    assert f.loss_weight.sigma_data == 0.75
+    again = JobSpec.model_validate(
+        {
+            "data": {"name": "digits"},
+            "model": f.model_dump(mode="json"),
+            "metrics": [{"name": "fd"}],
+        }
+    )
+    assert again.model == f  # a stored job re-validates to itself
+
+
+def test_digits_sigma_data_is_the_measured_pixel_std():
+    assert float(load_data(Digits()).x.std()) == pytest.approx(Digits.sigma_data, abs=0.01)
 
 
 def test_config_d_pairs_edm_preconditioning_with_vp_loss_and_trains(tmp_path):

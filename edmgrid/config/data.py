@@ -7,7 +7,7 @@ Besides the built-in ``digits`` and ``toy2d``, four choices read a local file th
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -17,16 +17,30 @@ datasets = Registry("data", "training / reference data set")
 
 
 class DataSpec(Choice):
-    """A data set, loaded by name (``edmgrid.engine.data.load_data``)."""
+    """A data set, loaded by name (``edmgrid.engine.data.load_data``).
+
+    Two properties of the data that Table 2's training configurations depend on (see
+    :func:`edmgrid.config.table2.for_data`): whether a mirrored image is still a valid sample
+    (the paper's dataset x-flips, Table 7), and σ_data, the standard deviation of the training
+    data in EDM's preconditioning and loss (Eq. 7; 0.5 for the paper's images in [−1, 1]).
+    """
 
     name: str
+    xflip_valid: ClassVar[bool] = True
+    sigma_data: ClassVar[float] = 0.5
 
 
 @datasets.register
 class Digits(DataSpec):
-    """scikit-learn's bundled 8×8 digits (1797 images, 10 classes), scaled to [−1, 1]."""
+    """scikit-learn's bundled 8×8 digits (1797 images, 10 classes), scaled to [−1, 1].
+
+    Mirrored digits are not digits (a mirrored 2, 3, 4, 7 or 9 is no glyph of the set), so
+    x-flips are invalid; the pixel standard deviation is 0.752 (measured over all 1797 images).
+    """
 
     name: Literal["digits"] = "digits"
+    xflip_valid: ClassVar[bool] = False
+    sigma_data: ClassVar[float] = 0.75
 
 
 MIXTURES = ("ring8", "grid25", "swissroll")

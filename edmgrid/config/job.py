@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
 
 from edmgrid.config.data import DataSpec, datasets
 from edmgrid.config.metrics import Metric, metrics
-from edmgrid.config.model import AnalyticModel, ModelSpec, models
+from edmgrid.config.model import AnalyticModel, ModelSpec, TrainedModel, models
 from edmgrid.config.sampler import SamplerSpec
+from edmgrid.config.table2 import for_data
 from edmgrid.files import content_hash
 from edmgrid.registry import Strict
 
@@ -67,6 +68,13 @@ class JobSpec(Strict):
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     metrics: list[MetricChoice] = Field(min_length=1)
     seeds: Seeds = "0-255"
+
+    @model_validator(mode="after")
+    def _fit_table2_cell_to_data(self) -> JobSpec:
+        """A Table 2 cell takes x-flip validity and σ_data from its data set (``for_data``)."""
+        if isinstance(self.model, TrainedModel):
+            object.__setattr__(self, "model", for_data(self.model, self.data))
+        return self
 
     @property
     def seed_list(self) -> list[int]:

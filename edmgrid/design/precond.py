@@ -54,7 +54,10 @@ class VPPrecond(Precond):
         return VP(beta_d=self.beta_d, beta_min=self.beta_min)
 
     def sigma_range(self) -> tuple[float, float]:
-        ends = self._vp().sigma(torch.tensor([self.epsilon_t, 1.0], dtype=torch.float64))
+        """[σ(ε_t), σ(1)] in float32, as the official network computes it: σ(ε_t)² ≈ 1e−6 is
+        exp(·) − 1 at float32's resolution 2⁻²³ near 1, so σ_min = 2⁻¹⁰ = 0.0009765625, not the
+        float64 0.0010005."""
+        ends = self._vp().sigma(torch.tensor([self.epsilon_t, 1.0], dtype=torch.float32))
         return float(ends[0]), float(ends[1])
 
     def coefficients(self, sigma: Tensor) -> Coefficients:
@@ -89,15 +92,16 @@ class IDDPMPrecond(Precond):
     M: int = Field(1000, ge=2)
 
     def u(self) -> Tensor:
-        """u_0 > … > u_{M−1}, computed in float32 like the official network buffer."""
-        return iddpm_u(self.M, self.C_1, self.C_2, torch.float32)[: self.M]
+        """u_0 > … > u_M = 0, computed in float32 like the official network buffer."""
+        return iddpm_u(self.M, self.C_1, self.C_2, torch.float32)
 
     def sigma_range(self) -> tuple[float, float]:
         u = self.u()
-        return float(u[-1]), float(u[0])
+        return float(u[self.M - 1]), float(u[0])
 
     def index(self, sigma: Tensor) -> Tensor:
-        """j = argmin_j |u_j − σ|, compared in float32."""
+        """j = argmin_j |u_j − σ| over the whole buffer, compared in float32 (as official: a σ
+        below u_{M−1}/2, outside the network's range, rounds to u_M = 0 and c_noise = −1)."""
         return (sigma.float().reshape(-1, 1) - self.u().reshape(1, -1)).abs().argmin(1)
 
     def round_sigma(self, sigma: Tensor) -> Tensor:

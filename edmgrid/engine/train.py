@@ -144,9 +144,9 @@ def fit(
         if hp.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
         optimizer.step()
+        update_ema(ema, denoiser, hp.ema_halflife_kimg, hp.ema_rampup_ratio, seen, batch)
         seen += batch
         step += 1
-        update_ema(ema, denoiser, hp.ema_halflife_kimg, hp.ema_rampup_ratio, seen, batch)
         last_loss = float(loss.detach())
         losses.append(last_loss)
         if progress:
@@ -173,7 +173,8 @@ def update_ema(
     seen: int,
     batch: int,
 ) -> None:
-    """ema ← lerp(θ, ema, β), β = 0.5^{batch/H}, H = min(half-life, ratio·images) (official)."""
+    """ema ← lerp(θ, ema, β), β = 0.5^{batch/H}, H = min(half-life, ratio·seen) (official), where
+    ``seen`` counts the images before this step (so the first step copies θ: H = 0, β = 0)."""
     halflife = halflife_kimg * 1000
     if rampup_ratio is not None:
         halflife = min(halflife, seen * rampup_ratio)
