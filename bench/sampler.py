@@ -191,12 +191,6 @@ class Identity:
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         return x
 
-    def sigma_range(self) -> tuple[float, float]:
-        return 0.0, math.inf
-
-    def round_sigma(self, sigma: Tensor) -> Tensor:
-        return sigma
-
 
 CALLS, PLAIN, SAMPLE = "(a) bare denoiser calls", "(b) plain float64 Heun loop", "edmgrid.sample"
 SEEDED = "edmgrid.sample, per-seed noise (SeedRNG)"

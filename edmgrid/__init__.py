@@ -12,9 +12,19 @@ _LAZY = {
     "JobSpec": "edmgrid.config.job",
     "sample": "edmgrid.engine.sample",
     "latents": "edmgrid.engine.sample",
+    "KDiffusionDenoiser": "edmgrid.engine.adapters",
+    "EpsilonDenoiser": "edmgrid.engine.adapters",
 }
 
-__all__ = ["JobSpec", "SamplerSpec", "__version__", "latents", "sample"]
+__all__ = [
+    "EpsilonDenoiser",
+    "JobSpec",
+    "KDiffusionDenoiser",
+    "SamplerSpec",
+    "__version__",
+    "latents",
+    "sample",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from torch import Tensor
 
 
 class GaussianDenoiser:
-    """Ideal denoiser of N(0, s²I): D(x; σ) = x·s²/(s²+σ²).
+    """Ideal denoiser of N(0, s²I): D(x; σ) = x·s²/(s²+σ²), a plain callable (no σ range).
 
     Its ODE solution is known in closed form: x(σ) = x(σ_0)·sqrt(s²+σ²)/sqrt(s²+σ_0²).
     """
@@ -26,12 +25,6 @@ class GaussianDenoiser:
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         return x * self.s**2 / (self.s**2 + sigma**2)
-
-    def sigma_range(self) -> tuple[float, float]:
-        return 0.0, math.inf
-
-    def round_sigma(self, sigma: Tensor) -> Tensor:
-        return sigma
 
 
 @pytest.fixture

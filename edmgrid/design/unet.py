@@ -300,7 +300,7 @@ class UNet(nn.Module):
                 f"img_resolution {img_resolution} is not divisible by 2^{len(channel_mult) - 1} "
                 f"(channel_mult has {len(channel_mult)} levels)"
             )
-        self.mapping = mapping
+        self.mapping, self.label_dim = mapping, int(getattr(mapping, "label_dim", 0))
         self.stem = Conv2d(in_channels, stem_channels, 3, block.init)
         self.down = nn.ModuleList()  # per level > 0: the downsampling block
         self.aux_residual = nn.ModuleList()  # per level > 0 (NCSN++): image pyramid projection

@@ -1,4 +1,11 @@
-"""Denoisers D(x; σ) with the official ``net(x, sigma, class_labels)`` convention."""
+"""Denoisers D(x; σ) with the official ``net(x, sigma, class_labels)`` convention.
+
+Any callable ``D(x, sigma, class_labels=None)`` is a denoiser. It may carry the attributes of
+the official EDM networks, which the sampler honours (``ablation_sampler`` semantics):
+``sigma_min`` and ``sigma_max`` (the σ range it supports, missing: [0, ∞)), ``round_sigma``
+(σ ↦ the nearest noise level it supports, missing: none), ``label_dim`` (the number of classes
+it is conditioned on, missing: 0, unconditional). edmgrid's own denoisers carry the same.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +19,27 @@ from edmgrid.design.precond import Precond
 
 
 class Denoiser(Protocol):
-    """D(x; σ): σ is a scalar or one value per sample; returns a tensor shaped like x."""
+    """D(x; σ): σ is a 0-d tensor or one value per sample; returns a tensor shaped like x.
+
+    The sampler passes x and σ in float64, and ``class_labels`` only to a conditional
+    denoiser (``label_dim`` > 0), so ``D(x, sigma)`` is enough for an unconditional one.
+    """
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor: ...
 
-    def sigma_range(self) -> tuple[float, float]: ...
 
-    def round_sigma(self, sigma: Tensor) -> Tensor: ...
+def sigma_limits(denoiser: Denoiser) -> tuple[float, float]:
+    """The [σ_min, σ_max] a denoiser supports: its ``sigma_min``, ``sigma_max`` (else 0, ∞)."""
+    return (
+        float(getattr(denoiser, "sigma_min", 0.0)),
+        float(getattr(denoiser, "sigma_max", math.inf)),
+    )
+
+
+def round_sigma(denoiser: Denoiser, sigma: Tensor) -> Tensor:
+    """σ rounded by the denoiser's ``round_sigma`` (else as it is), in σ's dtype and device."""
+    rounding = getattr(denoiser, "round_sigma", None)
+    return sigma if rounding is None else torch.as_tensor(rounding(sigma)).to(sigma)
 
 
 def label_dim(denoiser: Denoiser) -> int:
@@ -33,16 +54,12 @@ class AnalyticDenoiser:
     ``batch × chunk`` however large the data set (EDM App. B.3, Eq. 57).
     """
 
+    sigma_min, sigma_max, label_dim = 0.0, math.inf, 0  # every σ > 0, no rounding
+
     def __init__(self, data: Tensor, chunk: int = 4096) -> None:
         self.y = data.reshape(len(data), -1).double()
         self.y_sq = (self.y**2).sum(1)
         self.chunk = chunk
-
-    def sigma_range(self) -> tuple[float, float]:
-        return 0.0, math.inf
-
-    def round_sigma(self, sigma: Tensor) -> Tensor:
-        return sigma
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         flat = x.reshape(len(x), -1).double()
@@ -69,14 +86,17 @@ class AnalyticDenoiser:
 
 
 class PrecondDenoiser(torch.nn.Module):
-    """D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise) with a float32 network F (Eq. 7)."""
+    """D(x; σ) = c_skip·x + c_out·F(c_in·x; c_noise) with a float32 network F (Eq. 7).
+
+    Like the official preconditioners, it carries ``sigma_min``, ``sigma_max`` (the
+    preconditioner's range), ``round_sigma`` and ``label_dim`` (the network's).
+    """
 
     def __init__(self, net: torch.nn.Module, precond: Precond) -> None:
         super().__init__()
         self.net, self.precond = net, precond
-
-    def sigma_range(self) -> tuple[float, float]:
-        return self.precond.sigma_range()
+        self.sigma_min, self.sigma_max = precond.sigma_range()
+        self.label_dim = int(getattr(net, "label_dim", 0))
 
     def round_sigma(self, sigma: Tensor) -> Tensor:
         return self.precond.round_sigma(sigma)
@@ -102,9 +122,7 @@ class TorchDenoiser:
 
     def __init__(self, net: PrecondDenoiser) -> None:
         self.net = net
-
-    def sigma_range(self) -> tuple[float, float]:
-        return self.net.sigma_range()
+        self.sigma_min, self.sigma_max, self.label_dim = net.sigma_min, net.sigma_max, net.label_dim
 
     def round_sigma(self, sigma: Tensor) -> Tensor:
         return self.net.round_sigma(sigma)

@@ -14,7 +14,6 @@ pickle can run code: edmgrid reads one only from a path the user named.
 from __future__ import annotations
 
 import importlib
-import math
 import pickle
 import sys
 from functools import lru_cache
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from edmgrid.engine.data import Dataset
+from edmgrid.engine.denoiser import label_dim, round_sigma, sigma_limits
 from edmgrid.engine.device import worker_device
 from edmgrid.errors import DataError
 
@@ -45,16 +45,11 @@ class NetworkDenoiser:
 
     def __init__(self, net: nn.Module, device: torch.device) -> None:
         self.net, self.device = net.eval().requires_grad_(False).to(device), device
-        self.label_dim = int(getattr(net, "label_dim", 0) or 0)
-
-    def sigma_range(self) -> tuple[float, float]:
-        return float(getattr(self.net, "sigma_min", 0.0)), float(
-            getattr(self.net, "sigma_max", math.inf)
-        )
+        self.sigma_min, self.sigma_max = sigma_limits(net)
+        self.label_dim = label_dim(net)
 
     def round_sigma(self, sigma: Tensor) -> Tensor:
-        rounding = getattr(self.net, "round_sigma", None)
-        return sigma if rounding is None else torch.as_tensor(rounding(sigma)).to(sigma)
+        return round_sigma(self.net, sigma)
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         s = torch.as_tensor(sigma, dtype=torch.float32, device=self.device).reshape(-1)

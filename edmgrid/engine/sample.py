@@ -14,7 +14,7 @@ from torch import Tensor
 from edmgrid.config.sampler import SamplerSpec
 from edmgrid.design.ode import Denoise, ProbabilityFlow
 from edmgrid.design.timesteps import GITSSteps
-from edmgrid.engine.denoiser import Denoiser, label_dim
+from edmgrid.engine.denoiser import Denoiser, label_dim, round_sigma, sigma_limits
 
 
 class SeedRNG:
@@ -68,9 +68,9 @@ class Plan:
 
 
 def sigma_bounds(denoiser: Denoiser, spec: SamplerSpec) -> tuple[float, float]:
-    """The σ range asked for, clamped to the denoiser's."""
+    """The σ range asked for, clamped to the denoiser's ``sigma_min``, ``sigma_max``."""
     asked_min, asked_max = spec.sigma_range()
-    net_min, net_max = denoiser.sigma_range()
+    net_min, net_max = sigma_limits(denoiser)
     sigma_min, sigma_max = max(asked_min, net_min), min(asked_max, net_max)
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"empty σ range [{sigma_min}, {sigma_max}] after clamping to the model's")
@@ -78,13 +78,16 @@ def sigma_bounds(denoiser: Denoiser, spec: SamplerSpec) -> tuple[float, float]:
 
 
 def plan(denoiser: Denoiser, spec: SamplerSpec, class_labels: Tensor | None = None) -> Plan:
-    """Clamp the σ range to the denoiser's, bind σ(t), and build t_i = σ⁻¹(round_sigma(σ_i))."""
+    """Clamp the σ range to the denoiser's, bind σ(t), and build t_i = σ⁻¹(round_sigma(σ_i)).
+
+    ``denoiser``: any callable ``D(x, sigma, class_labels)`` (see ``edmgrid.engine.denoiser``).
+    """
     sigma_min, sigma_max = sigma_bounds(denoiser, spec)
     ts = spec.timesteps
     schedule = spec.schedule.bind(sigma_min, sigma_max)
 
     denoise = partial(_denoise, denoiser, class_labels)
-    ode = ProbabilityFlow(schedule, spec.scaling, denoise, denoiser.round_sigma)
+    ode = ProbabilityFlow(schedule, spec.scaling, denoise, partial(round_sigma, denoiser))
     sigma_steps = ts.sigma_steps(schedule, sigma_min, sigma_max)
     t_steps = ode.t_of_sigma(sigma_steps)
     t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
@@ -165,7 +168,8 @@ def fine_grid(denoiser: Denoiser, spec: SamplerSpec) -> Tensor:
     """GITS's candidate steps, at noise levels the model supports (``round_sigma``)."""
     ts = spec.timesteps
     assert isinstance(ts, GITSSteps)
-    return denoiser.round_sigma(ts.fine_sigmas(*sigma_bounds(denoiser, spec))).unique_consecutive()
+    fine = ts.fine_sigmas(*sigma_bounds(denoiser, spec))
+    return round_sigma(denoiser, fine).unique_consecutive()
 
 
 def fit_steps(
@@ -185,22 +189,25 @@ def fit_steps(
 
 
 def _denoise(denoiser: Denoiser, labels: Tensor | None, x: Tensor, sigma: Tensor) -> Tensor:
-    return denoiser(x, sigma, labels).to(torch.float64)
+    """D(x; σ) in float64; class labels are passed only when there are any."""
+    out = denoiser(x, sigma) if labels is None else denoiser(x, sigma, labels)
+    return out.to(torch.float64)
 
 
 class CountingDenoiser:
-    """Wraps a denoiser and counts evaluations per sample: NFE = Σ batch sizes / num samples."""
+    """Wraps a denoiser and counts evaluations per sample: NFE = Σ batch sizes / num samples.
+
+    It carries the wrapped denoiser's σ range, ``round_sigma`` and ``label_dim``.
+    """
 
     def __init__(self, denoiser: Denoiser) -> None:
         self.denoiser, self.evaluations = denoiser, 0
+        self.sigma_min, self.sigma_max = sigma_limits(denoiser)
         self.label_dim = label_dim(denoiser)
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         self.evaluations += len(x)
-        return self.denoiser(x, sigma, class_labels)
-
-    def sigma_range(self) -> tuple[float, float]:
-        return self.denoiser.sigma_range()
+        return _denoise(self.denoiser, class_labels, x, sigma)
 
     def round_sigma(self, sigma: Tensor) -> Tensor:
-        return self.denoiser.round_sigma(sigma)
+        return round_sigma(self.denoiser, sigma)
