@@ -12,7 +12,6 @@ import torch
 from conftest import GaussianDenoiser
 from pydantic import ValidationError
 
-import edmgrid.engine.evaluate as evaluate_module
 from edmgrid.config.data import Digits
 from edmgrid.config.job import JobSpec
 from edmgrid.config.sampler import SamplerSpec
@@ -21,7 +20,7 @@ from edmgrid.engine.data import load_data
 from edmgrid.engine.denoiser import AnalyticDenoiser
 from edmgrid.engine.evaluate import evaluate
 from edmgrid.engine.metrics import rms_distance
-from edmgrid.engine.sample import fit_steps, latents, plan, sample, teacher
+from edmgrid.engine.sample import fit_steps, latents, plan, sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,7 +58,7 @@ def test_teacher_follows_the_closed_form_gaussian_trajectory():
     g = GaussianDenoiser(0.5)
     sigmas = edm_sigmas(64, 7.0, 0.002, 80.0)
     x0 = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 80
-    states, slopes = teacher(lambda x, s: g(x, s), x0, sigmas)
+    states, slopes = GITSSteps.teacher(lambda x, s: g(x, s), x0, sigmas)
     exact = x0 * ((0.25 + sigmas**2) / (0.25 + 80.0**2)).sqrt().reshape(-1, 1, 1)
     assert states.shape == (64, 4, 3) and slopes.shape == (63, 4, 3)
     assert (states - exact).abs().max() < 1e-3 * exact.abs().max()
@@ -167,7 +166,7 @@ def test_evaluation_calibrates_once_per_model_and_records_the_fit(tmp_path: Path
     def recalibrate(*args: object) -> None:
         raise AssertionError("calibrated again")
 
-    monkeypatch.setattr(evaluate_module, "calibration_cost", recalibrate)
+    monkeypatch.setattr(GITSSteps, "calibration_cost", recalibrate)
     other_seeds = JobSpec.model_validate({**config, "seeds": "16-31"})
     assert json.loads(evaluate(other_seeds, tmp_path)["fitted_sigmas"]) == fitted
     sampler = config["sampler"]

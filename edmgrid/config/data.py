@@ -7,6 +7,7 @@ Besides the built-in ``digits`` and ``toy2d``, four choices read a local file th
 
 from __future__ import annotations
 
+from abc import ABC
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -16,8 +17,9 @@ from edmgrid.registry import Choice, Registry
 datasets = Registry("data", "training / reference data set")
 
 
-class DataSpec(Choice):
-    """A data set, loaded by name (``edmgrid.engine.data.load_data``).
+class DataSpec(Choice, ABC):
+    """A data set, loaded by name: a new one is a registered subclass with a ``name`` literal,
+    and its loader registered with ``edmgrid.engine.data.load_data.register``.
 
     Two properties of the data that Table 2's training configurations depend on (see
     :func:`edmgrid.config.table2.for_data`): whether a mirrored image is still a valid sample

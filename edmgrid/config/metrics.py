@@ -7,6 +7,7 @@ spec needs neither torch nor Inception.
 
 from __future__ import annotations
 
+from abc import ABC
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -21,8 +22,10 @@ if TYPE_CHECKING:
 metrics = Registry("metric", "evaluation metric (a result column)")
 
 
-class Metric(Choice):
-    """A metric: ``edmgrid.engine.metrics.compute`` returns its {column: value}."""
+class Metric(Choice, ABC):
+    """A metric: a new one is a registered subclass with a ``name`` literal (its result
+    column), its computation registered with ``edmgrid.engine.metrics.compute.register``
+    ({column: value}) and, if it needs inputs of its own, with ``check.register``."""
 
     name: str
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -29,8 +30,9 @@ else:
     AugmentChoice = augments.union()
 
 
-class ModelSpec(Choice):
-    """A denoiser source (built by ``edmgrid.engine.evaluate.build_denoiser``)."""
+class ModelSpec(Choice, ABC):
+    """A denoiser source: a new kind is a registered subclass with a ``kind`` literal, and its
+    builder registered with ``edmgrid.engine.evaluate.denoiser_of.register``."""
 
     kind: str
 

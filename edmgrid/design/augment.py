@@ -11,6 +11,7 @@ rotation angle ``a3``, anisotropy angle ``a4`` and strength ``a5``, translation 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
@@ -47,15 +48,18 @@ FILTER_PAD = len(SYM6) // 4
 DELAY = sum(k * f for k, f in enumerate(SYM6)) / sum(SYM6) - 5  # 0.098 for sym6
 
 
-class Augment(Choice):
-    """Augmentation applied to training images; returns the images and their labels."""
+class Augment(Choice, ABC):
+    """Augmentation applied to training images; returns the images and their labels. A new one
+    is a registered subclass with a ``name`` literal, ``augment_dim`` and ``__call__``."""
 
     augment_dim: ClassVar[int]
 
+    @abstractmethod
     def __call__(
         self, images: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        raise NotImplementedError
+        """The augmented images [B, C, H, W] and their conditioning labels [B, augment_dim]
+        (None when ``augment_dim`` is 0), drawn from ``generator``."""
 
 
 @augments.register

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -14,13 +15,14 @@ if TYPE_CHECKING:
 loss_weights = Registry("loss_weight", "λ(σ): loss weight per noise level (Table 1)")
 
 
-class LossWeight(Choice):
-    """λ(σ)."""
+class LossWeight(Choice, ABC):
+    """λ(σ): a new loss weight is a registered subclass with a ``name`` literal and ``__call__``."""
 
     name: str
 
+    @abstractmethod
     def __call__(self, sigma: Tensor) -> Tensor:
-        raise NotImplementedError
+        """λ at each of ``sigma``'s noise levels (same shape)."""
 
 
 class InverseSigmaSquared(LossWeight):

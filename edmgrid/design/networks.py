@@ -13,6 +13,7 @@ does not load torch.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, PositiveInt
@@ -25,11 +26,13 @@ if TYPE_CHECKING:
 networks = Registry("network", "architecture of the raw network F", key="arch")
 
 
-class Network(Choice):
-    """Architecture of F; ``build`` makes the torch module for a dataset's shape."""
+class Network(Choice, ABC):
+    """Architecture of F; ``build`` makes the torch module for a dataset's shape. A new one is
+    a registered subclass with an ``arch`` literal and ``build``."""
 
     arch: str
 
+    @abstractmethod
     def build(
         self,
         *,
@@ -39,7 +42,8 @@ class Network(Choice):
         augment_dim: int = 0,
         out_channels: int | None = None,
     ) -> nn.Module:
-        raise NotImplementedError
+        """F for images [B, img_channels, img_resolution, img_resolution], called as the module
+        docstring says; ``out_channels`` defaults to ``img_channels``."""
 
 
 class SongUNetNetwork(Network):

@@ -42,11 +42,16 @@ class ProbabilityFlow:
         return self.schedule.sigma_inv(self.round_sigma(sigma))
 
     def derivative(self, x: Tensor, t: Tensor) -> Tensor:
-        """dx/dt at a scalar (0-d) time t; the coefficients are computed as 0-d tensors (so an
-        overflow gives inf/nan, reported as non-finite samples) and applied as Python floats."""
+        """dx/dt at a scalar (0-d) time t."""
+        return self.flow(x, t)[0]
+
+    def flow(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """dx/dt at a scalar (0-d) time t, and the D(x/s; σ) it is made of. The coefficients
+        are computed as 0-d tensors (so an overflow gives inf/nan, reported as non-finite
+        samples) and applied as Python floats."""
         sigma, dsigma = self.schedule.sigma(t), self.schedule.sigma_deriv(t)
         s = self.scaling.s(sigma, self.b)
         ds = self.scaling.s_deriv(sigma, dsigma, self.b)
         denoised = self.denoise(x if float(s) == 1 else x / s, sigma)
         scale, weight = float(dsigma / sigma + ds / s), float(dsigma * s / sigma)
-        return (x * scale).sub_(denoised, alpha=weight)
+        return (x * scale).sub_(denoised, alpha=weight), denoised

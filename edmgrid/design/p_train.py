@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -17,13 +18,15 @@ if TYPE_CHECKING:
 p_trains = Registry("p_train", "p_train(σ): training noise level distribution (Table 1)")
 
 
-class PTrain(Choice):
-    """Draws one σ per training image."""
+class PTrain(Choice, ABC):
+    """Draws one σ per training image: a new p_train(σ) is a registered subclass with a ``name``
+    literal and ``sample``."""
 
     name: str
 
+    @abstractmethod
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        raise NotImplementedError
+        """n noise levels σ ~ p_train (float32, shape [n]), drawn from ``generator``."""
 
 
 def _uniform(n: int, generator: torch.Generator | None) -> Tensor:

@@ -7,6 +7,7 @@ Each choice gives the four coefficients, the σ range its network supports, and 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -24,8 +25,9 @@ preconds = Registry("precond", "preconditioning c_skip, c_out, c_in, c_noise (Ta
 Coefficients = tuple["Tensor", "Tensor", "Tensor", "Tensor"]
 
 
-class Precond(Choice):
-    """c_skip, c_out, c_in, c_noise as functions of σ, and the supported σ range."""
+class Precond(Choice, ABC):
+    """c_skip, c_out, c_in, c_noise as functions of σ, and the supported σ range: a new
+    preconditioning is a registered subclass with a ``name`` literal and ``coefficients``."""
 
     name: str
 
@@ -36,8 +38,9 @@ class Precond(Choice):
     def round_sigma(self, sigma: Tensor) -> Tensor:
         return sigma
 
+    @abstractmethod
     def coefficients(self, sigma: Tensor) -> Coefficients:
-        raise NotImplementedError
+        """(c_skip, c_out, c_in, c_noise) at ``sigma``, each broadcastable against it (Eq. 7)."""
 
 
 @preconds.register

@@ -5,6 +5,7 @@ A scaling is a function of the schedule's σ(t): s = f(σ), s' = f'(σ)·σ'(t).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Literal
 
 from edmgrid.lazy import torch
@@ -16,16 +17,19 @@ if TYPE_CHECKING:
 scalings = Registry("scaling", "s(t): signal scaling (Table 1)")
 
 
-class Scaling(Choice):
-    """s(t) and s'(t), given σ(t) and σ'(t) of the schedule and its input scale b."""
+class Scaling(Choice, ABC):
+    """s(t) and s'(t), given σ(t) and σ'(t) of the schedule and its input scale b: a new
+    scaling is a registered subclass with a ``name`` literal, ``s`` and ``s_deriv``."""
 
     name: str
 
+    @abstractmethod
     def s(self, sigma: Tensor, b: float) -> Tensor:
-        raise NotImplementedError
+        """s at noise level σ = σ(t) (float64, same shape)."""
 
+    @abstractmethod
     def s_deriv(self, sigma: Tensor, sigma_deriv: Tensor, b: float) -> Tensor:
-        raise NotImplementedError
+        """ds/dt = f'(σ)·σ'(t), given σ(t) and σ'(t)."""
 
 
 @scalings.register

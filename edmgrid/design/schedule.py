@@ -7,6 +7,7 @@ the EDM framework as σ(t) = sqrt((1−γ)/γ)/b, with b the input scale (σ_eff
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 schedules = Registry("schedule", "σ(t): noise level as a function of time (Table 1)")
 
 
-class Schedule(Choice):
-    """σ(t) with its derivative and inverse."""
+class Schedule(Choice, ABC):
+    """σ(t) with its derivative and inverse: a new schedule is a registered subclass with a
+    ``name`` literal, ``sigma``, ``sigma_deriv`` and ``sigma_inv`` (float64 tensors in and out)."""
 
     name: str
 
@@ -29,14 +31,17 @@ class Schedule(Choice):
         """The schedule used for a sampling run over [σ_min, σ_max] (VP re-derives β from it)."""
         return self
 
+    @abstractmethod
     def sigma(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """σ(t), increasing in t."""
 
+    @abstractmethod
     def sigma_deriv(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """σ'(t) = dσ/dt."""
 
+    @abstractmethod
     def sigma_inv(self, sigma: Tensor) -> Tensor:
-        raise NotImplementedError
+        """t = σ⁻¹(σ)."""
 
 
 def vp_betas(sigma_min: float, sigma_max: float, epsilon_s: float) -> tuple[float, float]:
@@ -127,18 +132,22 @@ GAMMA_CLIP_MIN = 1e-9  # Chen 2023, Algorithm 1: γ(t) is clipped to [1e-9, 1]
 
 
 class GammaSchedule(Schedule):
-    """A Chen 2023 γ(t) schedule mapped to σ(t) = sqrt((1−γ(t))/γ(t))/b (b = input_scale)."""
+    """A Chen 2023 γ(t) schedule mapped to σ(t) = sqrt((1−γ(t))/γ(t))/b (b = input_scale); a
+    new one gives ``gamma``, ``gamma_deriv`` and ``gamma_inv``."""
 
     input_scale: float = Field(1.0, gt=0)
 
+    @abstractmethod
     def gamma(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """γ(t) ∈ (0, 1], decreasing from γ(0) ≈ 1 (clean) towards 0 (noise)."""
 
+    @abstractmethod
     def gamma_deriv(self, t: Tensor) -> Tensor:
-        raise NotImplementedError
+        """γ'(t) = dγ/dt."""
 
+    @abstractmethod
     def gamma_inv(self, gamma: Tensor) -> Tensor:
-        raise NotImplementedError
+        """t = γ⁻¹(γ)."""
 
     def _gamma_clipped(self, t: Tensor) -> Tensor:
         return self.gamma(t).clamp(GAMMA_CLIP_MIN, 1.0)

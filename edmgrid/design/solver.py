@@ -1,17 +1,20 @@
 """ODE/SDE solvers over a time grid t_0 > … > t_N = 0 (EDM Algorithms 1–3, and multistep).
 
-Every solver has one signature, ``solve(ode, x, t_steps, randn_like) -> x``; the last step
-into t_N = 0 is always an Euler step. Euler and Heun carry the stochastic "churn" of
+Every solver has one signature, ``solve(ode, x, t_steps, randn_like, callback) -> x``; the last
+step into t_N = 0 is always an Euler step. Euler and Heun carry the stochastic "churn" of
 Algorithm 2 (S_churn, S_min, S_max, S_noise) and evaluate the derivative at (x̂, t̂); the
 multistep solvers (DPM-Solver++, iPNDM) are deterministic and work in x̃ = x/s and σ.
+``callback``, as in k-diffusion's samplers, sees every step's state and denoised estimate.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal, TypedDict
 
 from pydantic import Field, model_validator
 
@@ -24,6 +27,31 @@ if TYPE_CHECKING:
 solvers = Registry("solver", "ODE solver with the stochastic churn of Algorithm 2")
 
 RandnLike = Callable[["Tensor"], "Tensor"]
+
+
+class Step(TypedDict):
+    """What ``callback`` is told after step i's denoiser evaluation (k-diffusion's keys):
+    the state x̂_i the denoiser saw, σ(t_i), σ(t̂_i) (= σ(t_i) without churn) and
+    D(x̂_i/s; σ̂_i)."""
+
+    i: int
+    x: Tensor
+    sigma: Tensor
+    sigma_hat: Tensor
+    denoised: Tensor
+
+
+Callback = Callable[[Step], None]
+
+
+@dataclass(frozen=True)
+class SearchRange:
+    """The default search range [low, high] of a tunable solver field; ``log``: searched on a
+    log scale (Table 5's grids of S_min and S_max are geometric)."""
+
+    low: float
+    high: float
+    log: bool = False
 
 
 class StepNoise:
@@ -50,8 +78,12 @@ class StepNoise:
         return self.randn_like(x)
 
 
-class Solver(Choice):
-    """A solver with Algorithm 2's churn: γ_i = min(S_churn/N, √2−1) where S_min ≤ σ_i ≤ S_max."""
+class Solver(Choice, ABC):
+    """A solver with Algorithm 2's churn: γ_i = min(S_churn/N, √2−1) where S_min ≤ σ_i ≤ S_max.
+
+    A new solver is a registered subclass with a ``name`` literal and ``solve``; a
+    deterministic one rejects S_churn > 0 (see ``Multistep``).
+    """
 
     name: str
     S_churn: float = Field(0.0, ge=0)
@@ -59,18 +91,39 @@ class Solver(Choice):
     S_max: float = Field(math.inf, ge=0)
     S_noise: float = Field(1.0, gt=0)
 
+    #: Algorithm 2's churn parameters, the fields a stochastic-sampler search tunes, with
+    #: default ranges that span Table 5's grid (S_noise up to 1.011).
+    TUNABLE: ClassVar[dict[str, SearchRange]] = {
+        "S_churn": SearchRange(0.0, 100.0),
+        "S_min": SearchRange(0.0, 10.0, log=True),
+        "S_max": SearchRange(0.2, 80.0, log=True),
+        "S_noise": SearchRange(1.0, 1.011),
+    }
+    #: γ's bound: the churn at most doubles the noise variance, σ̂² ≤ 2σ² (Algorithm 2).
+    GAMMA_MAX: ClassVar[float] = math.sqrt(2) - 1
+
     @model_validator(mode="after")
     def _ordered(self) -> Solver:
         if self.S_min > self.S_max:
             raise ValueError(f"S_min ({self.S_min}) must be <= S_max ({self.S_max})")
         return self
 
+    @classmethod
+    def gamma_of(cls, S_churn: float, num_steps: int) -> float:
+        """γ = min(S_churn/N, √2−1) (Algorithm 2, line 4)."""
+        return min(S_churn / num_steps, cls.GAMMA_MAX)
+
+    @classmethod
+    def churn_saturation(cls, num_steps: int) -> float:
+        """The S_churn from which γ is clamped at √2−1 for N steps: larger ones sample alike."""
+        return num_steps * cls.GAMMA_MAX
+
     def churn(
         self, ode: ProbabilityFlow, x: Tensor, t: Tensor, num_steps: int, noise: StepNoise
     ) -> tuple[Tensor, Tensor]:
         """Raise the noise level of x from σ(t) to σ(t̂) = (1+γ)σ(t) (Algorithm 2, lines 4–6)."""
         sigma = ode.sigma(t)
-        gamma = min(self.S_churn / num_steps, math.sqrt(2) - 1)
+        gamma = self.gamma_of(self.S_churn, num_steps)
         if gamma == 0 or not self.S_min <= float(sigma) <= self.S_max:
             noise.skip()
             return x, t
@@ -79,10 +132,31 @@ class Solver(Choice):
         std = (sigma_hat**2 - sigma**2).clamp(min=0).sqrt() * s_hat * self.S_noise
         return s_hat / ode.s(t) * x + std * noise.draw(x), t_hat
 
+    @abstractmethod
     def solve(
-        self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
+        self,
+        ode: ProbabilityFlow,
+        x: Tensor,
+        t_steps: Tensor,
+        randn_like: RandnLike,
+        callback: Callback | None = None,
     ) -> Tensor:
-        raise NotImplementedError
+        """x at t_N from x at t_0 along ``t_steps`` (float64; t_N = 0 is reached by an Euler
+        step), churn noise from ``randn_like``, ``callback`` told each step (``Step``)."""
+
+
+def _tell(
+    callback: Callback | None,
+    i: int,
+    ode: ProbabilityFlow,
+    x: Tensor,
+    t: Tensor,
+    t_hat: Tensor,
+    denoised: Tensor,
+) -> None:
+    if callback is not None:
+        sigma, sigma_hat = ode.sigma(t), ode.sigma(t_hat)
+        callback(Step(i=i, x=x, sigma=sigma, sigma_hat=sigma_hat, denoised=denoised))
 
 
 @solvers.register
@@ -92,12 +166,19 @@ class Euler(Solver):
     name: Literal["euler"] = "euler"
 
     def solve(
-        self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
+        self,
+        ode: ProbabilityFlow,
+        x: Tensor,
+        t_steps: Tensor,
+        randn_like: RandnLike,
+        callback: Callback | None = None,
     ) -> Tensor:
         num_steps, noise = len(t_steps) - 1, StepNoise(randn_like)
-        for t_cur, t_next in itertools.pairwise(t_steps):
+        for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
             x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, noise)
-            x = x_hat.add(ode.derivative(x_hat, t_hat), alpha=float(t_next - t_hat))
+            d_cur, denoised = ode.flow(x_hat, t_hat)
+            _tell(callback, i, ode, x_hat, t_cur, t_hat, denoised)
+            x = x_hat.add(d_cur, alpha=float(t_next - t_hat))
         return x
 
 
@@ -109,14 +190,20 @@ class Heun(Solver):
     alpha: float = Field(1.0, gt=0)
 
     def solve(
-        self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
+        self,
+        ode: ProbabilityFlow,
+        x: Tensor,
+        t_steps: Tensor,
+        randn_like: RandnLike,
+        callback: Callback | None = None,
     ) -> Tensor:
         num_steps, a, noise = len(t_steps) - 1, self.alpha, StepNoise(randn_like)
         for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
             x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, noise)
             h = float(t_next - t_hat)
-            d_cur = ode.derivative(x_hat, t_hat)
-            if i == num_steps - 1:  # Euler into t_N = 0
+            d_cur, denoised = ode.flow(x_hat, t_hat)
+            _tell(callback, i, ode, x_hat, t_cur, t_hat, denoised)
+            if float(t_next) == 0:  # Euler into t_N = 0 (a grid that ends above 0: all Heun)
                 x = x_hat.add(d_cur, alpha=h)
                 continue
             d_prime = ode.derivative(x_hat.add(d_cur, alpha=a * h), t_hat + a * h)
@@ -137,6 +224,9 @@ class Multistep(Solver):
     ``lower_order_final`` (DPM-Solver's option): the last steps use no more nodes than steps
     remain, ending with a first-order step. It keeps high orders stable where the last steps
     are long against the earlier ones (fitted GITS steps), at the cost of the formal order.
+
+    A new multistep solver is a registered subclass with ``name``, ``order``, ``node`` and
+    ``step``.
     """
 
     order: int
@@ -151,29 +241,37 @@ class Multistep(Solver):
             )
         return self
 
+    @abstractmethod
     def node(self, x: Tensor, denoised: Tensor, sigma: float) -> Tensor:
         """The quantity at (x̃_i, σ_i) that the method extrapolates."""
-        raise NotImplementedError
 
+    @abstractmethod
     def step(self, x: Tensor, history: list[tuple[float, Tensor]], sigma_next: float) -> Tensor:
         """x̃_{i+1} from x̃_i and the nodes (σ_j, node_j), newest first, j = i, i−1, …"""
-        raise NotImplementedError
 
     def solve(
-        self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
+        self,
+        ode: ProbabilityFlow,
+        x: Tensor,
+        t_steps: Tensor,
+        randn_like: RandnLike,
+        callback: Callback | None = None,
     ) -> Tensor:
         sigma_steps, s_steps = ode.sigma(t_steps), ode.s(t_steps)
         sigmas = sigma_steps.tolist()
         x = x / s_steps[0]
         history: list[tuple[float, Tensor]] = []
         steps = len(sigmas) - 2
-        for i, (sigma, sigma_next) in enumerate(itertools.pairwise(sigmas[:-1])):
+        for i, sigma in enumerate(sigmas[:-1]):
             denoised = ode.denoise(x, sigma_steps[i])
+            if callback is not None:  # the state in x = s·x̃
+                _tell(callback, i, ode, x * s_steps[i], t_steps[i], t_steps[i], denoised)
+            if i == steps:  # Euler into t_N = 0: x̃_N = D(x̃_{N−1}; σ_{N−1})
+                x = x + (sigmas[-1] - sigma) / sigma * (x - denoised)
+                break
             history = [(sigma, self.node(x, denoised, sigma)), *history[: self.order - 1]]
             order = min(len(history), steps - i) if self.lower_order_final else len(history)
-            x = self.step(x, history[:order], sigma_next)
-        sigma = sigmas[-2]  # Euler into t_N = 0: x̃_N = D(x̃_{N−1}; σ_{N−1})
-        x = x + (sigmas[-1] - sigma) / sigma * (x - ode.denoise(x, sigma_steps[-2]))
+            x = self.step(x, history[:order], sigmas[i + 1])
         return x * s_steps[-1]
 
 

@@ -1,18 +1,25 @@
 """Time step discretisation: the σ_i, i < N, a sampler visits (EDM Table 1, row "Time steps").
 
 Each choice returns N noise levels σ_0 > … > σ_{N−1} in float64; the sampler maps them to
-t_i = σ⁻¹(round_sigma(σ_i)) and appends t_N = 0 (official ``ablation_sampler``).
+t_i = σ⁻¹(round_sigma(σ_i)) and appends t_N = 0 (official ``ablation_sampler``). A
+discretisation that depends on the model (GITS) is fitted to it first (``Timesteps.fit``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PositiveFloat, model_validator
 
-from edmgrid.design.schedule import VP, Schedule, vp_betas, vp_sigma
+from edmgrid.design.ode import Denoise, ProbabilityFlow
+from edmgrid.design.scaling import NoScaling
+from edmgrid.design.schedule import VP, Linear, Schedule, vp_betas, vp_sigma
+from edmgrid.design.solver import Heun, Step
 from edmgrid.lazy import torch
 from edmgrid.registry import Choice, Registry
 
@@ -22,8 +29,38 @@ if TYPE_CHECKING:
 timesteps = Registry("timesteps", "discretisation of the σ range into N steps (Table 1)")
 
 
-class Timesteps(Choice):
-    """N steps over [σ_min, σ_max]; unset bounds take the discretisation's defaults."""
+#: ``cached(key, make)``: ``make()``'s tensor, kept under ``key`` where there is a cache.
+Cache = Callable[[dict[str, Any], Callable[[], "Tensor"]], "Tensor"]
+
+
+def uncached(key: dict[str, Any], make: Callable[[], Tensor]) -> Tensor:
+    """No cache: ``make()`` every time."""
+    return make()
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What ``Timesteps.fit`` may ask of the model it fits to (``engine.sample.fit_steps``).
+
+    ``inputs(seeds)``: the latents x_T of ``seeds`` and the model's D(x; σ) (float64) with
+    their class labels bound. ``cached(key, make)``: ``make()``'s tensor, kept per model and
+    ``key`` where the caller has a cache (``edmgrid run``: on disk).
+    """
+
+    sigma_min: float  # the σ range asked for, clamped to the model's
+    sigma_max: float
+    round_sigma: Callable[[Tensor], Tensor]
+    sample_shape: tuple[int, ...]
+    inputs: Callable[[Sequence[int]], tuple[Tensor, Denoise]]
+    cached: Cache = uncached
+
+
+class Timesteps(Choice, ABC):
+    """N steps over [σ_min, σ_max]; unset bounds take the discretisation's defaults.
+
+    A new discretisation is a registered subclass with a ``name`` literal, ``default_range``
+    and ``sigma_steps``; one that depends on the model also overrides ``fit``.
+    """
 
     name: str
     num_steps: int = Field(18, ge=2)
@@ -40,11 +77,23 @@ class Timesteps(Choice):
             raise ValueError(f"sigma_min ({self.sigma_min}) must be < sigma_max ({self.sigma_max})")
         return self
 
+    @abstractmethod
     def default_range(self, schedule: Schedule) -> tuple[float, float]:
-        raise NotImplementedError
+        """(σ_min, σ_max) when the spec leaves them unset (Table 1's defaults)."""
 
+    @abstractmethod
     def sigma_steps(self, schedule: Schedule, sigma_min: float, sigma_max: float) -> Tensor:
-        raise NotImplementedError
+        """The N levels σ_0 > … > σ_{N−1} over [σ_min, σ_max] (float64) under σ(t)
+        ``schedule``."""
+
+    def fit(self, model: FitContext) -> Timesteps:
+        """The discretisation fitted to ``model``, before sampling: this one unless the steps
+        depend on the model."""
+        return self
+
+    def fit_columns(self) -> dict[str, Any]:
+        """Row columns that say what ``fit`` cost (none unless it fits)."""
+        return {}
 
     def _i(self) -> Tensor:
         return torch.arange(self.num_steps, dtype=torch.float64)
@@ -194,6 +243,10 @@ class SigmaList(Timesteps):
         return torch.tensor(self.sigmas, dtype=torch.float64)
 
 
+#: Calibration latents (GITS) use the seeds from here on, apart from those of any run.
+CALIBRATION_SEED = 1 << 31
+
+
 @timesteps.register
 class GITSSteps(Timesteps):
     """Geometry-inspired time scheduling (Chen et al. 2024, "On the Trajectory Regularity of
@@ -201,8 +254,7 @@ class GITSSteps(Timesteps):
     dynamic programming as the path of least total Euler local error along the model's own
     trajectories from ``calibration_samples`` latents (a Heun teacher on the fine steps).
 
-    The steps depend on the model: ``engine.sample.fit_steps`` fits them once per model and
-    samples with the result as ``sigmas``.
+    The steps depend on the model: ``fit`` chooses them and gives them as ``sigmas``.
     """
 
     name: Literal["gits"] = "gits"
@@ -227,6 +279,9 @@ class GITSSteps(Timesteps):
         (fewer where the model's discrete noise levels merge fine steps)."""
         return 2 * (self.fine_steps - 1) * self.calibration_samples
 
+    def fit_columns(self) -> dict[str, Any]:
+        return {"calibration_evaluations": self.calibration_evaluations}
+
     def fine_sigmas(self, sigma_min: float, sigma_max: float) -> Tensor:
         """The candidate steps: EDM Eq. 5 with ``fine_steps`` steps."""
         return edm_sigmas(self.fine_steps, self.rho, sigma_min, sigma_max)
@@ -236,6 +291,44 @@ class GITSSteps(Timesteps):
             "gits time steps depend on the model: fit them first with "
             "edmgrid.engine.sample.fit_steps (edmgrid run does so for every job)"
         )
+
+    def fit(self, model: FitContext) -> SigmaList:
+        """The ``num_steps`` of the fine steps (at noise levels the model supports) with the
+        least calibration cost, which is kept per model and settings, whatever ``num_steps``."""
+        sigmas = model.round_sigma(self.fine_sigmas(model.sigma_min, model.sigma_max))
+        sigmas = sigmas.unique_consecutive()
+        if len(sigmas) < self.num_steps:
+            raise ValueError(f"the model has {len(sigmas)} noise levels in range, < num_steps")
+        key = {"calibration": self.model_dump(mode="json", exclude={"num_steps"})}
+        return self.choose(sigmas, model.cached(key, lambda: self.calibration_cost(model, sigmas)))
+
+    def calibration_cost(self, model: FitContext, sigmas: Tensor) -> Tensor:
+        """The Euler local errors between the fine ``sigmas`` along the teacher's paths from the
+        calibration latents, summed over them. The teacher runs in batches of at most 2²⁴
+        values."""
+        seeds = range(CALIBRATION_SEED, CALIBRATION_SEED + self.calibration_samples)
+        batch = max(1, (1 << 24) // (len(sigmas) * math.prod(model.sample_shape)))
+        cost = torch.zeros(len(sigmas), len(sigmas), dtype=torch.float64)
+        for lo in range(0, len(seeds), batch):
+            x_T, denoise = model.inputs(seeds[lo : lo + batch])
+            states, slopes = self.teacher(denoise, x_T.double() * sigmas[0], sigmas)
+            cost += self.local_errors(sigmas, states, slopes)
+        return cost
+
+    @staticmethod
+    def teacher(denoise: Denoise, x: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
+        """States x(σ_k) of EDM Heun (σ(t) = t, s = 1) along ``sigmas`` from x(σ_0) = ``x``, and
+        the slopes dx/dσ = (x − D(x; σ))/σ at all but the last state."""
+        states, slopes = [], []
+
+        def record(step: Step) -> None:
+            states.append(step["x"])
+            slopes.append((step["x"] - step["denoised"]) / step["sigma"])
+
+        ode = ProbabilityFlow(Linear(), NoScaling(), denoise, round_sigma=lambda sigma: sigma)
+        with torch.no_grad():
+            states.append(Heun().solve(ode, x, sigmas, torch.randn_like, record))
+        return torch.stack(states), torch.stack(slopes)
 
     @staticmethod
     def local_errors(sigmas: Tensor, x: Tensor, d: Tensor) -> Tensor:

@@ -21,7 +21,6 @@ from edmgrid.config.model import (
     TrainedModel,
 )
 from edmgrid.config.sampler import SamplerSpec
-from edmgrid.design.timesteps import GITSSteps
 from edmgrid.engine.data import Dataset, load_data
 from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser, TorchDenoiser
 from edmgrid.engine.metrics import Evaluation, check, compute
@@ -29,7 +28,6 @@ from edmgrid.engine.models import load_entrypoint, load_network_pickle, network_
 from edmgrid.engine.progress import Progress
 from edmgrid.engine.sample import (
     CountingDenoiser,
-    calibration_cost,
     fit_steps,
     plan,
     sample,
@@ -134,17 +132,13 @@ def cached_tensor(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tenso
 def fitted_sampler(
     job: JobSpec, denoiser: Denoiser, dataset: Dataset, cache_dir: Path
 ) -> SamplerSpec:
-    """The job's sampler with model-dependent time steps fitted (``fit_steps``); their
-    calibration is cached on disk per model and settings, whatever the number of steps. Any
-    other sampler as it is."""
-    ts = job.sampler.timesteps
-    if not isinstance(ts, GITSSteps):
-        return job.sampler
-    shape = dataset.sample_shape
-    settings = ts.model_dump(mode="json", exclude={"num_steps"})
-    key = {**model_settings(job), "calibration": settings}
-    cost = cached_tensor(cache_dir, key, lambda: calibration_cost(denoiser, job.sampler, shape))
-    return fit_steps(denoiser, job.sampler, shape, cost)
+    """The job's sampler with its time steps fitted to the model (``fit_steps``), what the fit
+    computes cached on disk per model."""
+
+    def cached(key: dict[str, Any], make: Callable[[], Tensor]) -> Tensor:
+        return cached_tensor(cache_dir, {**model_settings(job), **key}, make)
+
+    return fit_steps(denoiser, job.sampler, dataset.sample_shape, cached)
 
 
 def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
@@ -186,9 +180,9 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
         "sigma_max_used": ev.sigma_first,
         "sigma_min_used": ev.sigma_last,
     }
-    if isinstance(job.sampler.timesteps, GITSSteps):
+    if sampler.timesteps is not job.sampler.timesteps:  # fitted to the model
         row["fitted_sigmas"] = json.dumps(sigma_steps[:-1].tolist())
-        row["calibration_evaluations"] = job.sampler.timesteps.calibration_evaluations
+        row.update(job.sampler.timesteps.fit_columns())
     for metric in job.metrics:
         for column, value in compute(metric, ev).items():
             if isinstance(value, float) and not math.isfinite(value):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -13,7 +11,8 @@ from torch import Tensor
 
 from edmgrid.config.sampler import SamplerSpec
 from edmgrid.design.ode import Denoise, ProbabilityFlow
-from edmgrid.design.timesteps import GITSSteps
+from edmgrid.design.solver import Callback
+from edmgrid.design.timesteps import Cache, FitContext, uncached
 from edmgrid.engine.denoiser import Denoiser, label_dim, round_sigma, sigma_limits
 
 
@@ -101,15 +100,17 @@ def sample(
     spec: SamplerSpec,
     class_labels: Tensor | None = None,
     randn_like: Callable[[Tensor], Tensor] = torch.randn_like,
+    callback: Callback | None = None,
 ) -> Tensor:
-    """Solve from x_0 = latents·σ(t_0)·s(t_0) to t_N = 0 in float64 (official ablation sampler).
+    """Solve from x_0 = latents·σ(t_0)·s(t_0) to t_N = 0 in float64 (official ablation sampler);
+    ``callback`` is told every step (``design.solver.Step``).
 
     Runs without autograd: a network denoiser's graph would otherwise be kept for every call.
     """
     p = plan(denoiser, spec, class_labels)
     t0 = p.t_steps[0]
     x = latents.to(torch.float64) * p.ode.sigma(t0) * p.ode.s(t0)
-    return spec.solver.solve(p.ode, x, p.t_steps, randn_like)
+    return spec.solver.solve(p.ode, x, p.t_steps, randn_like, callback)
 
 
 def seed_inputs(
@@ -127,65 +128,26 @@ def seed_inputs(
     return x_T, labels, rng
 
 
-#: Calibration latents (GITS) use the seeds from here on, apart from those of any run.
-CALIBRATION_SEED = 1 << 31
-
-
-@torch.no_grad()
-def teacher(denoise: Denoise, x: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
-    """States x(σ_k) of EDM Heun along ``sigmas`` (σ(t) = t, s = 1) from x(σ_0) = ``x``, and
-    the slopes dx/dσ = (x − D(x; σ))/σ at all but the last state."""
-    states, slopes = [x], []
-    for sigma, sigma_next in itertools.pairwise(sigmas):
-        d = (x - denoise(x, sigma)) / sigma
-        h = sigma_next - sigma
-        x_pred = x + h * d
-        x = x + h / 2 * (d + (x_pred - denoise(x_pred, sigma_next)) / sigma_next)
-        states.append(x)
-        slopes.append(d)
-    return torch.stack(states), torch.stack(slopes)
-
-
-def calibration_cost(denoiser: Denoiser, spec: SamplerSpec, shape: Sequence[int]) -> Tensor:
-    """GITS's cost: the Euler local errors between the fine steps along the teacher's paths
-    from the calibration latents, summed over them. It depends on the model and the time steps'
-    settings, not on ``num_steps``. The teacher runs in batches of at most 2²⁴ values."""
-    ts = spec.timesteps
-    assert isinstance(ts, GITSSteps)
-    sigmas = fine_grid(denoiser, spec)
-    seeds = range(CALIBRATION_SEED, CALIBRATION_SEED + ts.calibration_samples)
-    batch = max(1, (1 << 24) // (len(sigmas) * math.prod(shape)))
-    cost = torch.zeros(len(sigmas), len(sigmas), dtype=torch.float64)
-    for lo in range(0, len(seeds), batch):
-        x_T, labels, _ = seed_inputs(denoiser, seeds[lo : lo + batch], shape)
-        denoise = partial(_denoise, denoiser, labels)
-        states, slopes = teacher(denoise, x_T.double() * sigmas[0], sigmas)
-        cost += ts.local_errors(sigmas, states, slopes)
-    return cost
-
-
-def fine_grid(denoiser: Denoiser, spec: SamplerSpec) -> Tensor:
-    """GITS's candidate steps, at noise levels the model supports (``round_sigma``)."""
-    ts = spec.timesteps
-    assert isinstance(ts, GITSSteps)
-    fine = ts.fine_sigmas(*sigma_bounds(denoiser, spec))
-    return round_sigma(denoiser, fine).unique_consecutive()
-
-
 def fit_steps(
-    denoiser: Denoiser, spec: SamplerSpec, shape: Sequence[int], cost: Tensor | None = None
+    denoiser: Denoiser,
+    spec: SamplerSpec,
+    shape: Sequence[int],
+    cached: Cache = uncached,
 ) -> SamplerSpec:
-    """``spec`` with model-dependent time steps (GITS) fitted to ``denoiser``, as ``sigmas``;
-    any other spec as it is. ``cost``: ``calibration_cost``'s, if already at hand."""
-    ts = spec.timesteps
-    if not isinstance(ts, GITSSteps):
-        return spec
-    sigmas = fine_grid(denoiser, spec)
-    if len(sigmas) < ts.num_steps:
-        raise ValueError(f"the model has {len(sigmas)} noise levels in range, < num_steps")
-    if cost is None:
-        cost = calibration_cost(denoiser, spec, shape)
-    return spec.model_copy(update={"timesteps": ts.choose(sigmas, cost)})
+    """``spec`` with its time steps fitted to ``denoiser`` (``Timesteps.fit``: GITS's), as
+    ``sigmas``; a spec whose steps do not depend on the model as it is. ``cached(key, make)``
+    keeps the fit's costly tensors (``engine.evaluate``: on disk, per model)."""
+    sigma_min, sigma_max = sigma_bounds(denoiser, spec)
+
+    def inputs(seeds: Sequence[int]) -> tuple[Tensor, Denoise]:
+        x_T, labels, _ = seed_inputs(denoiser, seeds, shape)
+        return x_T, partial(_denoise, denoiser, labels)
+
+    model = FitContext(
+        sigma_min, sigma_max, partial(round_sigma, denoiser), tuple(shape), inputs, cached
+    )
+    fitted = spec.timesteps.fit(model)
+    return spec if fitted is spec.timesteps else spec.model_copy(update={"timesteps": fitted})
 
 
 def _denoise(denoiser: Denoiser, labels: Tensor | None, x: Tensor, sigma: Tensor) -> Tensor:
