@@ -88,9 +88,10 @@ class IDDPMPrecond(Precond):
     C_2: float = Field(0.008, ge=0)
     M: int = Field(1000, ge=2)
 
-    def u(self) -> Tensor:
-        """u_0 > … > u_{M−1}, computed in float32 like the official network buffer."""
-        return iddpm_u(self.M, self.C_1, self.C_2, torch.float32)[: self.M]
+    def u(self, device: torch.device | None = None) -> Tensor:
+        """u_0 > … > u_{M−1}, computed in float32 like the official network buffer (on
+        ``device``, default the CPU)."""
+        return iddpm_u(self.M, self.C_1, self.C_2, torch.float32)[: self.M].to(device or "cpu")
 
     def sigma_range(self) -> tuple[float, float]:
         u = self.u()
@@ -98,10 +99,11 @@ class IDDPMPrecond(Precond):
 
     def index(self, sigma: Tensor) -> Tensor:
         """j = argmin_j |u_j − σ|, compared in float32."""
-        return (sigma.float().reshape(-1, 1) - self.u().reshape(1, -1)).abs().argmin(1)
+        u = self.u(sigma.device)
+        return (sigma.float().reshape(-1, 1) - u.reshape(1, -1)).abs().argmin(1)
 
     def round_sigma(self, sigma: Tensor) -> Tensor:
-        return self.u()[self.index(sigma)].to(sigma.dtype).reshape(sigma.shape)
+        return self.u(sigma.device)[self.index(sigma)].to(sigma.dtype).reshape(sigma.shape)
 
     def coefficients(self, sigma: Tensor) -> Coefficients:
         c_noise = (self.M - 1 - self.index(sigma)).to(sigma.dtype).reshape(sigma.shape)
