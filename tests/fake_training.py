@@ -53,7 +53,9 @@ class FakeTrainer:
     def checkpoint(self, cache_dir: Path, key: str) -> Path:
         return cache_dir / "checkpoints" / f"{key}.pt"
 
-    def train(self, job: JobSpec, cache_dir: Path, progress: Progress | None) -> dict[str, Any]:
+    def train(
+        self, job: JobSpec, cache_dir: Path, progress: Progress | None, devices: int = 1
+    ) -> dict[str, Any]:
         key = self.key(job)
         assert key is not None
         path, row = self.checkpoint(cache_dir, key), {"images": 1000, "final_loss": 0.25}

@@ -232,8 +232,9 @@ def test_training_progress_reports_images_and_the_running_loss(tmp_path):
         job("vp-E"), tmp_path, lambda done, total, note="": calls.append((done, total, note))
     )
     assert [done for done, _, _ in calls] == [128, 256] and {t for _, t, _ in calls} == {256}
-    losses = [float(note.removeprefix("loss ")) for _, _, note in calls]
+    losses = [float(note.split()[1]) for _, _, note in calls]
     assert all(note.startswith("loss ") for _, _, note in calls)
+    assert "0.256/0.256 kimg · " in calls[-1][2] and " img/s · ETA 0s" in calls[-1][2]
     # the running loss at the end averages both steps; loss_final averages the last tenth
     assert losses[-1] != pytest.approx(losses[0]) and math.isfinite(losses[-1])
     assert row["loss_final"] == pytest.approx(2 * losses[-1] - losses[0], rel=1e-2)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -66,8 +66,25 @@ class EntrypointModel(ModelSpec):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+#: Fields of ``TrainingSpec`` that say how a training runs, not what it computes: the training key
+#: leaves them out, so changing them reuses the checkpoint (like the number of devices, which
+#: is no field at all; ``batch_gpu`` changes the result by float rounding only).
+HOW_FIELDS = frozenset({"batch_gpu", "tick_kimg", "snapshot_kimg", "keep_snapshots"})
+
+
 class TrainingSpec(Strict):
-    """Optimisation hyper-parameters (EDM Table 7; official training_loop units: kimg)."""
+    """Optimisation hyper-parameters (EDM Table 7; official training_loop units: kimg).
+
+    ``precision``: fp32 (the official default, TF32 off), tf32 (TF32 matmuls and convolutions on
+    a GPU), bf16 or fp16 (autocast on the device; the weights, EMA and Adam state stay fp32).
+    ``loss_scaling``: the loss is multiplied by it and the gradients divided by it before the
+    update (the official ``--ls``, default 1); ``dynamic`` is PyTorch's dynamic loss scaling,
+    which skips steps whose gradients overflow (for fp16). ``batch_gpu``: images per device
+    and forward pass (official ``--batch-gpu``), the rest by gradient accumulation.
+    ``tick_kimg``: a training log row per tick (official ``--tick``); ``snapshot_kimg``: an EMA
+    snapshot and the resume state every so many kimg (the paper: 2.5 Mimg); ``keep_snapshots``:
+    keep only the latest N EMA snapshots (default all, as the official code).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -81,11 +98,22 @@ class TrainingSpec(Strict):
     xflip: bool = False
     cond: bool = False
     seed: int = Field(0, ge=0)
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
+    loss_scaling: Annotated[float, Field(gt=0)] | Literal["dynamic"] = 1.0
+    batch_gpu: int | None = Field(None, ge=1)
+    tick_kimg: float = Field(50, gt=0)
+    snapshot_kimg: float = Field(2500, gt=0)
+    keep_snapshots: int | None = Field(None, ge=1)
 
 
 @models.register
 class TrainedModel(ModelSpec):
-    """A network F trained with a preconditioner, λ(σ), p_train(σ) and augmentation (Table 2)."""
+    """A network F trained with a preconditioner, λ(σ), p_train(σ) and augmentation (Table 2).
+
+    ``snapshot``: sample the EMA snapshot taken at this many kimg (a multiple of
+    ``training.snapshot_kimg``) instead of the final network; a space grids over it to draw a
+    training's curve (fd against kimg). It is no part of the training key.
+    """
 
     kind: Literal["trained"] = "trained"
     family: str | None = None
@@ -97,3 +125,4 @@ class TrainedModel(ModelSpec):
     p_train: PTrainChoice = Field(default_factory=EDMTrain)
     augment: AugmentChoice = Field(default_factory=NoAugment)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    snapshot: float | None = Field(None, gt=0)

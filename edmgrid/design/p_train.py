@@ -19,8 +19,8 @@ p_trains = Registry("p_train", "p_train(σ): training noise level distribution (
 
 
 class PTrain(Choice, ABC):
-    """Draws one σ per training image: a new p_train(σ) is a registered subclass with a ``name``
-    literal and ``sample``."""
+    """Draws one σ per training image, on the generator's device (the CPU without one): a new
+    p_train(σ) is a registered subclass with a ``name`` literal and ``sample``."""
 
     name: str
 
@@ -29,8 +29,12 @@ class PTrain(Choice, ABC):
         """n noise levels σ ~ p_train (float32, shape [n]), drawn from ``generator``."""
 
 
+def _device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def _uniform(n: int, generator: torch.Generator | None) -> Tensor:
-    return torch.rand(n, generator=generator, dtype=torch.float64)
+    return torch.rand(n, generator=generator, dtype=torch.float64, device=_device(generator))
 
 
 @p_trains.register
@@ -70,8 +74,9 @@ class IDDPMTrain(PTrain):
     M: int = Field(1000, ge=2)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        u = IDDPMPrecond(C_1=self.C_1, C_2=self.C_2, M=self.M).u()
-        return u[torch.randint(self.M, (n,), generator=generator)]
+        device = _device(generator)
+        u = IDDPMPrecond(C_1=self.C_1, C_2=self.C_2, M=self.M).u(device)
+        return u[torch.randint(self.M, (n,), generator=generator, device=device)]
 
 
 @p_trains.register
@@ -83,7 +88,7 @@ class EDMTrain(PTrain):
     P_std: float = Field(1.2, gt=0)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, generator=generator, dtype=torch.float64)
+        z = torch.randn(n, generator=generator, dtype=torch.float64, device=_device(generator))
         return (self.P_mean + self.P_std * z).exp().float()
 
 

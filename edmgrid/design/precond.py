@@ -94,9 +94,10 @@ class IDDPMPrecond(Precond):
     C_2: float = Field(0.008, ge=0)
     M: int = Field(1000, ge=2)
 
-    def u(self) -> Tensor:
-        """u_0 > … > u_M = 0, computed in float32 like the official network buffer."""
-        return iddpm_u(self.M, self.C_1, self.C_2, torch.float32)
+    def u(self, device: torch.device | None = None) -> Tensor:
+        """u_0 > … > u_M = 0, computed in float32 like the official network buffer (on
+        ``device``, default the CPU)."""
+        return iddpm_u(self.M, self.C_1, self.C_2, torch.float32).to(device or "cpu")
 
     def sigma_range(self) -> tuple[float, float]:
         u = self.u()
@@ -105,10 +106,11 @@ class IDDPMPrecond(Precond):
     def index(self, sigma: Tensor) -> Tensor:
         """j = argmin_j |u_j − σ| over the whole buffer, compared in float32 (as official: a σ
         below u_{M−1}/2, outside the network's range, rounds to u_M = 0 and c_noise = −1)."""
-        return (sigma.float().reshape(-1, 1) - self.u().reshape(1, -1)).abs().argmin(1)
+        u = self.u(sigma.device)
+        return (sigma.float().reshape(-1, 1) - u.reshape(1, -1)).abs().argmin(1)
 
     def round_sigma(self, sigma: Tensor) -> Tensor:
-        return self.u()[self.index(sigma)].to(sigma.dtype).reshape(sigma.shape)
+        return self.u(sigma.device)[self.index(sigma)].to(sigma.dtype).reshape(sigma.shape)
 
     def coefficients(self, sigma: Tensor) -> Coefficients:
         c_noise = (self.M - 1 - self.index(sigma)).to(sigma.dtype).reshape(sigma.shape)

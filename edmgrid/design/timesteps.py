@@ -132,12 +132,13 @@ class VESteps(Timesteps):
 def iddpm_u(M: int, C_1: float, C_2: float, dtype: torch.dtype | None = None) -> Tensor:
     """iDDPM noise levels u_0 > … > u_M = 0 by the recursion of Table 1.
 
-    The sampler computes it in float64 (``dtype`` None), the official network buffer in float32.
+    The sampler computes it in float64 (``dtype`` None), the official network buffer in float32;
+    on the CPU (a recursion of M scalar steps), for the caller to move.
     """
     dtype = torch.float64 if dtype is None else dtype
-    j = torch.arange(M + 1, dtype=dtype)
+    j = torch.arange(M + 1, dtype=dtype, device="cpu")
     alpha_bar = (0.5 * math.pi * j / M / (C_2 + 1)).sin() ** 2
-    u = torch.zeros(M + 1, dtype=dtype)
+    u = torch.zeros(M + 1, dtype=dtype, device="cpu")
     for k in range(M, 0, -1):
         u[k - 1] = ((u[k] ** 2 + 1) / (alpha_bar[k - 1] / alpha_bar[k]).clamp(min=C_1) - 1).sqrt()
     return u

@@ -74,8 +74,12 @@ class Trainer(Protocol):
         ``torch.save`` file (``Store.has_checkpoint`` checks it is whole)."""
         ...
 
-    def train(self, job: JobSpec, cache_dir: Path, progress: Progress | None) -> dict[str, Any]:
-        """Train the job's model (writing its checkpoint atomically); returns row columns."""
+    def train(
+        self, job: JobSpec, cache_dir: Path, progress: Progress | None, devices: int = 1
+    ) -> dict[str, Any]:
+        """Train the job's model on ``devices`` devices (the task's K GPUs, visible to it as
+        ``CUDA_VISIBLE_DEVICES``, else K CPU processes), writing its checkpoint atomically and
+        resuming from its last snapshot; returns row columns."""
         ...
 
 
@@ -93,10 +97,12 @@ class EngineTrainer:
 
         return checkpoint_path(cache_dir, key)
 
-    def train(self, job: JobSpec, cache_dir: Path, progress: Progress | None) -> dict[str, Any]:
+    def train(
+        self, job: JobSpec, cache_dir: Path, progress: Progress | None, devices: int = 1
+    ) -> dict[str, Any]:
         from edmgrid.engine.train import train
 
-        return train(job, cache_dir, progress)
+        return train(job, cache_dir, progress, devices)
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,7 @@ def run_job(task: Task, store: Store, progress: Progress | None = None) -> dict[
     start, started_at = time.perf_counter(), datetime.now(UTC)
     try:
         if task.kind == "train":
-            row.update(task.trainer.train(task.job, store.cache, progress))
+            row.update(task.trainer.train(task.job, store.cache, progress, task.gpus))
         else:
             from edmgrid.engine.evaluate import evaluate
 

@@ -7,9 +7,11 @@ Layout under the results directory::
     spaces/<space>.json        which jobs a space expanded to
     logs/<id>.txt              the traceback of a failed job or training
     claims/<id>.claim          which run is executing a job right now (see run/claims.py)
-    cache/                     checkpoints, reference solutions, statistics
+    cache/                     checkpoints, snapshots, training logs (engine/train.py),
+                               reference solutions, statistics
     quarantine/                unreadable files moved out of the way, and ``quarantine.log``
-    edmgrid.duckdb             views ``runs``, ``trainings`` and ``space_jobs`` (read with duckdb)
+    edmgrid.duckdb             views ``runs``, ``trainings``, ``train_log`` (a training's ticks)
+                               and ``space_jobs`` (read with duckdb)
 
 Every file is written by ``atomic_write`` (a ``*.tmp`` sibling renamed over it), so a killed
 process leaves at most a ``*.tmp`` file, which the next run removes. A file that cannot be read
@@ -216,9 +218,13 @@ class Store:
         """Read every row and space record in full and quarantine the unreadable ones; returns
         how many were. (DuckDB reads a file when a query needs it, and one bad file fails the
         whole query, so this runs when a query over the files fails.)"""
+        import pyarrow.parquet as pq
+
         bad = 0
         for path in [*self.runs.glob("*.parquet"), *self.train.glob("*.parquet")]:
             bad += self._read(path) is None
+        for path in (self.cache / "train_log").glob("*.parquet"):  # many rows each
+            bad += read_or_quarantine(path, pq.read_table, self.root) is None
         for path in (self.root / "spaces").glob("*.json"):
             bad += read_or_quarantine(path, _space_record, self.root) is None
         return bad
@@ -228,6 +234,7 @@ class Store:
         runs = (self.runs / "*.parquet").resolve().as_posix()
         train = (self.train / "*.parquet").resolve().as_posix()
         spaces = (self.root / "spaces" / "*.json").resolve().as_posix()
+        ticks = (self.cache / "train_log" / "*.parquet").resolve().as_posix()
         stmts = []
         if list(self.runs.glob("*.parquet")):
             stmts.append(
@@ -238,6 +245,11 @@ class Store:
             stmts.append(
                 f"CREATE OR REPLACE {kind} trainings AS "
                 f"SELECT * FROM read_parquet('{train}', union_by_name = true)"
+            )
+        if list((self.cache / "train_log").glob("*.parquet")):  # engine.train's tick rows
+            stmts.append(
+                f"CREATE OR REPLACE {kind} train_log AS "
+                f"SELECT * FROM read_parquet('{ticks}', union_by_name = true)"
             )
         if list((self.root / "spaces").glob("*.json")):
             stmts.append(
