@@ -40,12 +40,12 @@ from edmgrid.engine.metrics import rms_distance
 from edmgrid.engine.sample import (
     CountingDenoiser,
     SeedRNG,
-    calibration_cost,
     fit_steps,
     latents,
     plan,
     sample,
 )
+from edmgrid.files import content_hash
 
 
 @dataclass(frozen=True)
@@ -286,22 +286,24 @@ class Probe:
         self.latents = latents(range(samples), data.sample_shape)
         self.ode_error = ode_error
         self.references: dict[tuple[float, float], Tensor] = {}
-        self.costs: dict[str, Tensor] = {}  # GITS calibrations, by settings but num_steps
+        self.costs: dict[str, Tensor] = {}  # GITS calibrations, by their cache key
 
     def sigma_range(self, spec: SamplerSpec) -> tuple[float, float]:
         """σ_{N−1} and σ_0 of the run."""
         sigmas = plan(self.denoiser, spec).sigma_steps
         return float(sigmas[-2]), float(sigmas[0])
 
+    def cached(self, key: dict[str, Any], make: Callable[[], Tensor]) -> Tensor:
+        """``Timesteps.fit``'s cache: each calibration is made once per bench run."""
+        name = content_hash(key)
+        if name not in self.costs:
+            self.costs[name] = make()
+        return self.costs[name]
+
     def error(self, spec: SamplerSpec) -> tuple[float, float]:
         """(NFE measured, ODE error) of one run; model-dependent steps are fitted first, and
         their calibration is not counted."""
-        shape = self.latents.shape[1:]
-        if isinstance(spec.timesteps, GITSSteps):
-            settings = spec.timesteps.model_dump_json(exclude={"num_steps"})
-            if settings not in self.costs:
-                self.costs[settings] = calibration_cost(self.denoiser, spec, shape)
-            spec = fit_steps(self.denoiser, spec, shape, self.costs[settings])
+        spec = fit_steps(self.denoiser, spec, self.latents.shape[1:], self.cached)
         counter = CountingDenoiser(self.denoiser)
         x = sample(counter, self.latents, spec)
         key = self.sigma_range(spec)
