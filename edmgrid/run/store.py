@@ -49,6 +49,7 @@ VIEW_COLUMNS = {
         "suspect": "VARCHAR",
     },
     "trainings": {"training_key": "VARCHAR", "space": "VARCHAR", "status": "VARCHAR"},
+    "train_log": {"step": "BIGINT", "kimg": "DOUBLE", "loss": "DOUBLE"},
     "space_jobs": {"space": "VARCHAR", "job_id": "VARCHAR"},
 }
 
@@ -246,7 +247,8 @@ class Store:
         return bad
 
     def _views(self, temp: bool) -> list[str]:
-        """The statements that make the views ``runs``, ``trainings`` and ``space_jobs``.
+        """The statements that make the views ``runs``, ``trainings``, ``train_log`` and
+        ``space_jobs``.
 
         Each view has at least its ``VIEW_COLUMNS`` (NULL where no row sets them), and a view
         without files is empty. In the DuckDB file the files are named relative to the
@@ -259,6 +261,11 @@ class Store:
             "runs": ("runs", "*.parquet", "SELECT * FROM read_parquet('{}', union_by_name = true)"),
             "trainings": (
                 "train",
+                "*.parquet",
+                "SELECT * FROM read_parquet('{}', union_by_name = true)",
+            ),
+            "train_log": (  # engine.train's rows, one per tick
+                "cache/train_log",
                 "*.parquet",
                 "SELECT * FROM read_parquet('{}', union_by_name = true)",
             ),
