@@ -65,6 +65,7 @@ def finish(space: Space, results: Path, trainer: FakeTrainer) -> None:
     assert not list((results / "claims").glob("*.claim"))
     assert not (results / "quarantine").exists()
     with duckdb.connect(str(store.db_path), read_only=True) as con:
+        con.execute("SET file_search_path = ?", [str(results)])  # its paths are relative
         assert con.execute("SELECT count(*) FROM runs").fetchone() == (len(space.jobs),)
         assert con.execute("SELECT count(*) FROM trainings").fetchone() == (2,)
 
@@ -129,4 +130,5 @@ def test_a_no_op_run_after_a_kill_removes_its_leftovers_and_makes_the_database(
     assert again.code == 0 and "│ 0    │ 2       │ 0" in again.out  # the no-op path
     assert not list(results.rglob("*.tmp")) and not list((results / "claims").glob("*.claim"))
     with duckdb.connect(str(Store(results).db_path), read_only=True) as con:
+        con.execute("SET file_search_path = ?", [str(results)])
         assert con.execute("SELECT count(*) FROM runs").fetchone() == (2,)

@@ -73,11 +73,35 @@ def test_rows_round_trip_through_the_duckdb_views(shared: Store) -> None:
     assert jobs["job_id"].tolist() == frame["job_id"].tolist()
 
 
-def test_the_database_file_holds_views_other_duckdb_clients_can_read(shared: Store) -> None:
+def test_the_database_file_holds_views_other_duckdb_clients_can_read_after_a_move(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import duckdb
 
-    with duckdb.connect(str(shared.db_path), read_only=True) as con:
+    moved = tmp_path / "elsewhere" / "copied results"
+    moved.parent.mkdir()
+    store.root.rename(moved)
+    monkeypatch.chdir(moved)  # the README's recipe: open it from the results directory
+    with duckdb.connect("edmgrid.duckdb", read_only=True) as con:
         assert con.execute("SELECT count(*) FROM runs").fetchone() == (2,)
+        assert con.execute("SELECT count(*) FROM space_jobs").fetchone() == (2,)
+    monkeypatch.chdir(tmp_path)  # or from anywhere, with the folder as file_search_path
+    with duckdb.connect(str(moved / "edmgrid.duckdb"), read_only=True) as con:
+        con.execute("SET file_search_path = ?", [str(moved)])
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (2,)
+    assert Store(moved).query("SELECT count(*) AS n FROM runs")["n"].item() == 2
+
+
+def test_views_have_their_documented_columns_before_any_row_sets_them(shared: Store) -> None:
+    # no row of the store is a Table 2 job or has a training: the columns and views exist
+    frame = shared.query("SELECT family, config, fd, nfe, suspect FROM runs ORDER BY job_id")
+    assert len(frame) == 2 and frame.isna().all().all()
+    assert shared.query("SELECT count(*) AS n FROM trainings")["n"].item() == 0
+    assert list(shared.query("SELECT * FROM trainings").columns) == [
+        "training_key",
+        "space",
+        "status",
+    ]
 
 
 def test_status_is_done_failed_or_none(shared: Store) -> None:

@@ -62,8 +62,16 @@ def rms_distance(a: Tensor, b: Tensor) -> float:
 
 @compute.register
 def _ode_error(metric: ODEError, ev: Evaluation) -> dict[str, Any]:
-    reference = ev.resample(metric.reference(ev.sigma_last, ev.sigma_first))
-    return {"ode_error": rms_distance(ev.samples, reference)}
+    from edmgrid.engine.sample import sigma_bounds  # torch, lazily
+
+    spec = metric.reference(ev.sigma_last, ev.sigma_first)
+    lo, hi = sigma_bounds(ev.denoiser, spec)  # clamped to the denoiser's range
+    reference = ev.resample(spec)
+    return {
+        "ode_error": rms_distance(ev.samples, reference),
+        "ode_error_sigma_min": lo,
+        "ode_error_sigma_max": hi,
+    }
 
 
 @compute.register

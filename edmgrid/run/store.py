@@ -32,6 +32,29 @@ from edmgrid.errors import EdmgridError, InputError
 from edmgrid.files import atomic_write, check_space_name, read_or_quarantine
 from edmgrid.run.provenance import PACKAGE, code_fingerprint, hash_sources
 
+#: Columns each view has even before a row sets them (NULL there): the keys, and the columns
+#: the README's queries name (Table 2 labels, NFE, metrics, ``suspect``), so that a query of
+#: ``family`` works before ``spaces/table2.yaml`` has run.
+VIEW_COLUMNS = {
+    "runs": {
+        "job_id": "VARCHAR",
+        "space": "VARCHAR",
+        "status": "VARCHAR",
+        "family": "VARCHAR",
+        "config": "VARCHAR",
+        "budget": "VARCHAR",
+        "nfe": "DOUBLE",
+        "ode_error": "DOUBLE",
+        "fd_raw": "DOUBLE",
+        "fd": "DOUBLE",
+        "fid": "DOUBLE",
+        "suspect": "VARCHAR",
+    },
+    "trainings": {"training_key": "VARCHAR", "space": "VARCHAR", "status": "VARCHAR"},
+    "train_log": {"step": "BIGINT", "kimg": "DOUBLE", "loss": "DOUBLE"},
+    "space_jobs": {"space": "VARCHAR", "job_id": "VARCHAR"},
+}
+
 #: Statement types ``edmgrid sql`` runs (SELECT covers DESCRIBE, SHOW and SUMMARIZE);
 #: everything else may write (COPY, ATTACH, PRAGMA settings, EXPLAIN ANALYZE runs its query).
 READ_STATEMENTS = {"SELECT", "EXPLAIN"}
@@ -230,32 +253,43 @@ class Store:
         return bad
 
     def _views(self, temp: bool) -> list[str]:
+        """The statements that make the views ``runs``, ``trainings``, ``train_log`` and
+        ``space_jobs``.
+
+        Each view has at least its ``VIEW_COLUMNS`` (NULL where no row sets them), and a view
+        without files is empty. In the DuckDB file the files are named relative to the
+        results directory (a reader opens it from there, or sets ``file_search_path``), so
+        the folder can be moved; the temporary views of ``query`` name them absolutely.
+        """
         kind = "TEMP VIEW" if temp else "VIEW"
-        runs = (self.runs / "*.parquet").resolve().as_posix()
-        train = (self.train / "*.parquet").resolve().as_posix()
-        spaces = (self.root / "spaces" / "*.json").resolve().as_posix()
-        ticks = (self.cache / "train_log" / "*.parquet").resolve().as_posix()
+        prefix = self.root.resolve().as_posix().replace("'", "''") + "/" if temp else ""
+        sources = {
+            "runs": ("runs", "*.parquet", "SELECT * FROM read_parquet('{}', union_by_name = true)"),
+            "trainings": (
+                "train",
+                "*.parquet",
+                "SELECT * FROM read_parquet('{}', union_by_name = true)",
+            ),
+            "train_log": (  # engine.train's rows, one per tick
+                "cache/train_log",
+                "*.parquet",
+                "SELECT * FROM read_parquet('{}', union_by_name = true)",
+            ),
+            "space_jobs": (
+                "spaces",
+                "*.json",
+                "SELECT space, unnest(jobs) AS job_id FROM read_json('{}', format = 'auto')",
+            ),
+        }
         stmts = []
-        if list(self.runs.glob("*.parquet")):
-            stmts.append(
-                f"CREATE OR REPLACE {kind} runs AS "
-                f"SELECT * FROM read_parquet('{runs}', union_by_name = true)"
-            )
-        if list(self.train.glob("*.parquet")):
-            stmts.append(
-                f"CREATE OR REPLACE {kind} trainings AS "
-                f"SELECT * FROM read_parquet('{train}', union_by_name = true)"
-            )
-        if list((self.cache / "train_log").glob("*.parquet")):  # engine.train's tick rows
-            stmts.append(
-                f"CREATE OR REPLACE {kind} train_log AS "
-                f"SELECT * FROM read_parquet('{ticks}', union_by_name = true)"
-            )
-        if list((self.root / "spaces").glob("*.json")):
-            stmts.append(
-                f"CREATE OR REPLACE {kind} space_jobs AS SELECT space, unnest(jobs) AS job_id "
-                f"FROM read_json('{spaces}', format = 'auto')"
-            )
+        for view, (folder, pattern, select) in sources.items():
+            columns = ", ".join(f"NULL::{t} AS {c}" for c, t in VIEW_COLUMNS[view].items())
+            empty = f"SELECT {columns} WHERE false"
+            if list((self.root / folder).glob(pattern)):
+                body = f"{select.format(f'{prefix}{folder}/{pattern}')} UNION ALL BY NAME {empty}"
+            else:
+                body = empty
+            stmts.append(f"CREATE OR REPLACE {kind} {view} AS {body}")
         return stmts
 
     def _create_views(self, con: Any, temp: bool) -> None:
@@ -285,7 +319,8 @@ class Store:
 
         def build(tmp: Path) -> None:
             tmp.unlink()  # DuckDB creates the file itself
-            with duckdb.connect(str(tmp)) as con:
+            with duckdb.connect(str(tmp)) as con:  # views bind their relative paths here
+                con.execute("SET file_search_path = ?", [self.root.resolve().as_posix()])
                 self._create_views(con, temp=False)
 
         atomic_write(self.db_path, build)
@@ -324,7 +359,14 @@ class Store:
                 duckdb.CatalogException,
                 duckdb.ConversionException,
             ) as e:  # the query's own fault: no file is read again
-                raise InputError(f"SQL error: {e}") from None
+                hint = ""
+                if isinstance(e, duckdb.BinderException) and "not found" in str(e):
+                    hint = (
+                        " (a view has the columns of its stored rows: list them with "
+                        "DESCRIBE runs, DESCRIBE trainings)"
+                    )
+                said = " ".join(str(e).split())  # one line
+                raise InputError(f"SQL error: {said}{hint}") from None
             except duckdb.Error as e:
                 error = e
         if self.check_files():
