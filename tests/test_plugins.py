@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT
 
 from edmgrid.config import plugins
@@ -230,3 +231,141 @@ def test_an_installed_packages_entry_point_registers_its_choices(tmp_path):
     result = edmgrid("axes", "--json", cwd=tmp_path, env=env)
     assert result["code"] == 0, result["err"]
     assert json.loads(result["out"])["p_train"]["fixed"]["plugin"].startswith("lab_choices:")
+
+
+ENGINE_PLUGIN = '''
+"""A data set, a model kind and a metric of one's own, with their engine implementations."""
+
+from typing import Literal
+
+import torch
+
+from edmgrid.config.data import DataSpec, datasets
+from edmgrid.config.metrics import Metric, metrics
+from edmgrid.config.model import ModelSpec, models
+from edmgrid.engine.data import Dataset, load_data
+from edmgrid.engine.evaluate import denoiser_of
+from edmgrid.engine.metrics import compute
+
+
+@datasets.register
+class Gauss(DataSpec):
+    """1000 points of N(mu, 0.5²) in 2-d."""
+
+    name: Literal["gauss"] = "gauss"
+    mu: float = 0.3
+
+
+@models.register
+class Ideal(ModelSpec):
+    """The ideal denoiser of N(mu, s²)."""
+
+    kind: Literal["ideal"] = "ideal"
+    s: float = 0.5
+
+
+@metrics.register
+class Mean(Metric):
+    """The mean of the samples."""
+
+    name: Literal["sample_mean"] = "sample_mean"
+
+
+@load_data.register
+def _gauss(spec: Gauss) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    return Dataset(x=spec.mu + 0.5 * torch.randn(1000, 2, generator=g), labels=None, label_dim=0)
+
+
+@denoiser_of.register
+def _ideal(model: Ideal, job, dataset, cache_dir):
+    mu = job.data.mu
+    return lambda x, sigma: (model.s**2 * x + sigma**2 * mu) / (model.s**2 + sigma**2)
+
+
+@compute.register
+def _mean(metric: Mean, ev) -> dict:
+    return {"sample_mean": float(ev.samples.mean())}
+'''
+
+
+def test_plugin_data_model_and_metric_kinds_run_with_their_engine_implementations(
+    tmp_path, registries, monkeypatch, one_thread
+):
+    from edmgrid.run.jobs import Task, run_job
+    from edmgrid.run.store import Store
+
+    (tmp_path / "lab_engine.py").write_text(ENGINE_PLUGIN)
+    plugins.load_plugins(["lab_engine"], tmp_path)
+    job = JobSpec.model_validate(
+        {
+            "data": {"name": "gauss", "mu": 0.3},
+            "model": {"kind": "ideal"},
+            "metrics": [{"name": "sample_mean"}, {"name": "fd_raw"}],
+            "seeds": "0-511",
+        }
+    )
+    row = run_job(Task.evaluation(job, "t"), Store(tmp_path / "results"))
+    assert row["status"] == "done", row["error"]
+    assert row["sample_mean"] == pytest.approx(0.3, abs=0.05)  # N(0.3, 0.5²), 1024 values
+    assert row["fd_raw"] < 0.05 and row["data_plugin"].startswith("lab_engine:")
+
+
+DOCS_PREAMBLE = """
+import itertools, math
+from typing import ClassVar, Literal
+import torch
+from pydantic import Field
+from edmgrid.config.metrics import Metric, metrics
+from edmgrid.design.augment import Augment, augments
+from edmgrid.design.loss_weight import LossWeight, loss_weights
+from edmgrid.design.networks import Network, networks
+from edmgrid.design.p_train import PTrain, p_trains
+from edmgrid.design.precond import Precond, preconds
+from edmgrid.design.scaling import Scaling, scalings
+from edmgrid.design.schedule import Schedule, schedules
+from edmgrid.design.solver import Solver, StepNoise, solvers
+from edmgrid.design.timesteps import Timesteps, timesteps
+from edmgrid.engine.metrics import Evaluation, compute
+"""
+
+
+def test_the_examples_of_docs_extending_register_and_sample_a_training_batch(
+    tmp_path, registries, one_thread
+):
+    docs = (ROOT / "docs" / "extending.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", docs, re.S)
+    (tmp_path / "doc_choices.py").write_text(DOCS_PREAMBLE + "\n\n".join(blocks))
+    plugins.load_plugins(["doc_choices"], tmp_path)
+    job = JobSpec.model_validate(
+        {
+            "data": {"name": "digits"},
+            "model": {
+                "kind": "trained",
+                "network": {"arch": "linear"},
+                "precond": {"name": "skipless"},
+                "loss_weight": {"name": "snr"},
+                "p_train": {"name": "log_uniform"},
+                "augment": {"name": "xflip"},
+            },
+            "sampler": {
+                "solver": {"name": "kutta3"},
+                "schedule": {"name": "power"},
+                "scaling": {"name": "half"},
+                "timesteps": {"name": "geometric"},
+            },
+            "metrics": [{"name": "sample_mean"}],
+        }
+    )
+    model = job.model
+    images = torch.zeros(4, 1, 8, 8)
+    sigma = model.p_train.sample(4)
+    assert sigma.dtype == torch.float32 and bool((sigma > 0.002 - 1e-6).all())
+    augmented, labels = model.augment(images)
+    net = model.network.build(img_resolution=8, img_channels=1)
+    _, _, c_in, c_noise = model.precond.coefficients(sigma)
+    out = net(c_in.reshape(-1, 1, 1, 1) * augmented, c_noise, None, labels)
+    assert out.shape == images.shape and labels.shape == (4, 1)
+    assert bool((model.loss_weight(sigma) > 4).all())
+    steps = job.sampler.timesteps.sigma_steps(job.sampler.schedule, 0.002, 80.0)
+    assert float(steps[0]) == 80.0 and float(steps[-1]) == pytest.approx(0.002)

@@ -37,12 +37,11 @@ _entry_points_loaded = False
 
 def prepend_import_paths(folders: Iterable[Path]) -> None:
     """Put ``folders`` first on this process's import path and on workers' ``PYTHONPATH``."""
-    paths = [str(Path(f).expanduser().resolve()) for f in folders]
-    new = [p for p in paths if p not in sys.path]
-    sys.path[:0] = new
-    old = os.environ.get("PYTHONPATH")
-    if new:
-        os.environ["PYTHONPATH"] = os.pathsep.join([*new, *([old] if old else [])])
+    paths = list(dict.fromkeys(str(Path(f).expanduser().resolve()) for f in folders))
+    sys.path[:0] = [p for p in paths if p not in sys.path]
+    old = os.environ.get("PYTHONPATH", "")
+    if unset := [p for p in paths if p not in old.split(os.pathsep)]:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*unset, *([old] if old else [])])
 
 
 def load_plugins(
