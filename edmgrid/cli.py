@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -32,6 +33,30 @@ PYTHONPATH = typer.Option(
 )
 
 
+PLUGIN = typer.Option(
+    [],
+    "--plugin",
+    help="Module that registers design choices (docs/extending.md), importable from the "
+    "space's folder (else the current one) or the Python path; repeatable.",
+)
+
+
+def _json(obj: Any) -> str:
+    """Strict JSON (RFC 8259) of ``obj``: NaN becomes null and ±∞ the strings "inf" and
+    "-inf" (which edmgrid's schemas read back as numbers), never the tokens NaN or Infinity."""
+    return json.dumps(_finite(obj), indent=1, allow_nan=False, default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -41,7 +66,10 @@ def _console() -> Any:
 def _print_frame(frame: Any, fmt: str, title: str | None = None) -> None:
     if fmt == "csv":
         sys.stdout.write(frame.to_csv(index=False))
-    elif fmt == "json":
+    elif fmt == "json":  # ±∞ as in _json (pandas would write null, as for NaN)
+        infinite = frame.select_dtypes("number").isin([math.inf, -math.inf]).any()
+        for column in infinite[infinite].index:
+            frame = frame.assign(**{column: frame[column].astype(object).map(_finite)})
         sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
     elif fmt == "markdown":
         sys.stdout.write(_markdown(frame) + "\n")
@@ -111,12 +139,9 @@ def _latex(frame: Any) -> str:
 
 def _use_pythonpath(folders: list[Path]) -> None:
     """Prepend ``folders`` to this process's import path and to workers' ``PYTHONPATH``."""
-    import os
+    from edmgrid.config.plugins import prepend_import_paths
 
-    paths = [str(f.expanduser().resolve()) for f in folders]
-    sys.path[:0] = paths
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([old] if old else [])])
+    prepend_import_paths(folders)
 
 
 EXECUTOR = typer.Option(
@@ -173,6 +198,7 @@ def run(
         help="Inception-v3 weights for FID (sets EDMGRID_INCEPTION; a path in the space wins).",
     ),
     pythonpath: list[Path] = PYTHONPATH,
+    plugin: list[str] = PLUGIN,
 ) -> None:
     """Expand SPACE into jobs, run the ones without a result, and store one row per job."""
     import os
@@ -192,7 +218,7 @@ def run(
     fingerprint = (
         space_fingerprint(text + json.dumps(overrides).encode()) if text is not None else None
     )
-    if text is not None and fingerprint is not None and not force:
+    if text is not None and fingerprint is not None and not force and not plugin:
         finished = _finished_jobs(text, store, fingerprint)
         if finished is not None:
             from edmgrid.run.claims import active_run
@@ -217,7 +243,11 @@ def run(
 
         os.environ[ENV_VAR] = str(inception.expanduser().resolve())
     loaded = load_space(
-        space, max_jobs=None if yes else MAX_JOBS, overrides=overrides, check_inputs=True
+        space,
+        max_jobs=None if yes else MAX_JOBS,
+        overrides=overrides,
+        check_inputs=True,
+        plugins=plugin,
     )
     _warn_extreme_sigma(loaded)
     if not force:
@@ -260,13 +290,21 @@ def _finished_jobs(text: bytes, store: Any, fingerprint: str) -> int | None:
     """The number of jobs of a space whose every job is done (as recorded), else None.
 
     The fast path of a no-op re-run: it reads the space's name and the store, and neither
-    imports nor validates the space schemas.
+    imports nor validates the space schemas. Not with plugins: an edited plugin changes the
+    ids of its jobs, which only validating the space finds.
     """
+    from importlib import metadata
+
     import yaml
 
+    from edmgrid.registry import ENTRY_POINTS
+
     try:
-        name = yaml.safe_load(text)["name"]
+        doc = yaml.safe_load(text)
+        name = doc["name"]
     except Exception:  # not a valid space: load_space reports it
+        return None
+    if doc.get("plugins") or metadata.entry_points(group=ENTRY_POINTS):
         return None
     jobs = store.finished(str(name), fingerprint)
     return None if jobs is None else len(jobs)
@@ -297,16 +335,17 @@ def show(
     space: Path = typer.Argument(..., help="Space file (YAML)."),
     as_json: bool = typer.Option(False, "--json", help="Print the resolved jobs as JSON."),
     yes: bool = YES,
+    plugin: list[str] = PLUGIN,
 ) -> None:
     """Print the expanded, fully resolved jobs of SPACE (a dry run)."""
     from edmgrid.config.space import MAX_JOBS, load_space
     from edmgrid.run.jobs import flatten
 
-    loaded = load_space(space, max_jobs=None if yes else MAX_JOBS)
+    loaded = load_space(space, max_jobs=None if yes else MAX_JOBS, plugins=plugin)
     _warn_extreme_sigma(loaded)
     if as_json:
         jobs = [{"job_id": j.job_id, **j.resolved()} for j in loaded.jobs]
-        sys.stdout.write(json.dumps({"space": loaded.name, "jobs": jobs}, indent=1) + "\n")
+        sys.stdout.write(_json({"space": loaded.name, "jobs": jobs}) + "\n")
         return
     configs = [flatten(j.resolved()) for j in loaded.jobs]
     names = dict.fromkeys(name for config in configs for name in config)  # in order of appearance
@@ -341,13 +380,18 @@ def _warn_extreme_sigma(space: Any) -> None:
 
 
 @app.command()
-def axes(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """List every design axis, its choices and their parameter defaults."""
+def axes(
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+    plugin: list[str] = PLUGIN,
+) -> None:
+    """List every design axis, its choices (plugins' too) and their parameter defaults."""
     from edmgrid.config.axes import all_registries
+    from edmgrid.config.plugins import load_plugins
 
+    load_plugins(plugin, Path.cwd(), path="--plugin")
     described = {name: reg.describe() for name, reg in all_registries().items()}
     if as_json:
-        sys.stdout.write(json.dumps(described, indent=1, default=str) + "\n")
+        sys.stdout.write(_json(described) + "\n")
         return
     from rich.table import Table
 
@@ -357,8 +401,29 @@ def axes(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -
     for axis, choices in described.items():
         for choice, info in choices.items():
             params = ", ".join(f"{k}={v}" for k, v in info["params"].items())
-            table.add_row(axis, choice, params, info["doc"])
+            origin = f" (plugin {info['plugin']})" if "plugin" in info else ""
+            table.add_row(axis, choice, params, info["doc"] + origin)
     _console().print(table)
+
+
+@app.command()
+def schema(
+    space: Path | None = typer.Argument(None, help="Space file whose plugins to include."),
+    plugin: list[str] = PLUGIN,
+) -> None:
+    """Print the JSON Schema of a space file, for editor completion (docs/extending.md)."""
+    from edmgrid.config.plugins import load_plugins
+    from edmgrid.config.schema import space_schema
+
+    folder = space.parent if space is not None else Path.cwd()
+    load_plugins(plugin, folder, path="--plugin")
+    if space is not None:
+        from edmgrid.config.space import parse_yaml, read_text
+
+        raw, _ = parse_yaml(read_text(space), str(space))
+        named = raw.get("plugins", []) if isinstance(raw, dict) else []
+        load_plugins(named if isinstance(named, list) else [named], folder, file=str(space))
+    sys.stdout.write(_json(space_schema()) + "\n")
 
 
 @app.command()
@@ -407,13 +472,16 @@ def samples(
 ) -> None:
     """Re-create a stored job and save a grid of its samples (deterministic: its seeds)."""
     from edmgrid.config.job import JobSpec
+    from edmgrid.config.plugins import load_plugins, recorded_plugins
     from edmgrid.engine.evaluate import draw_samples
     from edmgrid.run.plots import save_samples
     from edmgrid.run.store import Store
 
     _use_pythonpath(pythonpath)
     store = Store(results)
-    job = JobSpec.model_validate(store.config(job_id))
+    config = store.config(job_id)
+    load_plugins(recorded_plugins(config), Path.cwd())
+    job = JobSpec.model_validate(config)
     dataset, drawn = draw_samples(job, store.cache, n)
     save_samples(drawn, dataset, out, title=f"{job_id}: seeds {job.seeds} (first {len(drawn)})")
     sys.stderr.write(f"wrote {out} ({len(drawn)} samples)\n")

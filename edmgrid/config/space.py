@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +14,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from edmgrid.config.job import JobSpec
+from edmgrid.config.plugins import load_plugins
 from edmgrid.config.presets import PRESETS
 from edmgrid.errors import InputError
 from edmgrid.files import check_space_name
@@ -38,6 +39,9 @@ class SpaceFile(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     zip: list[dict[str, list[Any]]] = Field(default_factory=list)
     search: dict[str, Any] | None = None
+    #: Modules that register choices (``edmgrid.config.plugins``), from this file's folder or
+    #: the Python path.
+    plugins: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -290,12 +294,14 @@ def load_space(
     max_jobs: int | None = MAX_JOBS,
     overrides: dict[str, Any] | None = None,
     check_inputs: bool = False,
+    plugins: Sequence[str] = (),
 ) -> Space:
     """Parse, expand and validate a space file; every problem is a InputError naming the spot.
 
     Grids over ``max_jobs`` jobs (None: no limit) are refused before they are expanded.
     ``overrides`` maps dotted paths to values set in every job (``--data`` sets ``data.path``).
     ``check_inputs``: the data sets, network pickles and weights the jobs name must exist.
+    ``plugins`` (``--plugin``) are loaded with those the file names, before its jobs validate.
     """
     path = Path(path)
     raw, lines = parse_yaml(read_text(path), str(path))
@@ -306,6 +312,11 @@ def load_space(
     except ValidationError as e:
         reason, where = explain(e.errors()[0], raw)
         raise InputError(reason, file=str(path), line=lines.find(where), path=where) from None
+    load_plugins(plugins, path.parent, path="--plugin")
+    try:
+        load_plugins(file.plugins, path.parent, file=str(path))
+    except InputError as e:
+        raise InputError(e.reason, file=str(path), line=lines.find(e.path), path=e.path) from None
     try:
         configs = expand(file, max_jobs)
     except InputError as e:

@@ -1,0 +1,5 @@
+"""``python -m edmgrid``: the ``edmgrid`` command."""
+
+from edmgrid.cli import main
+
+main()
