@@ -240,3 +240,97 @@ def test_the_training_log_is_a_duckdb_view_with_a_row_per_tick(tmp_path):
     columns = {"loss", "images_per_second", "seconds", "peak_memory_mib", "session", "device"}
     assert columns <= set(log.columns) and (log["peak_memory_mib"] > 0).all()
     assert log["seconds"].is_monotonic_increasing and set(log["session"]) == {1}
+
+
+def edm_zip(folder: Path, n: int = 24) -> Path:
+    """An EDM dataset zip of ``n`` random 8×8 RGB images with labels 0–2."""
+    import zipfile
+
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.default_rng(0)
+    path = folder / "dataset.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        pairs = []
+        for i in range(n):
+            name = f"00000/img{i:08d}.png"
+            with zf.open(name, "w") as f:
+                PIL.Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(f, "png")
+            pairs.append([name, i % 3])
+        zf.writestr("dataset.json", json.dumps({"labels": pairs}))
+    return path
+
+
+def image_job(path: Path, training: dict[str, Any] | None = None, **data: Any) -> JobSpec:
+    model = {
+        "kind": "trained",
+        "network": {**TINY_NET, "model_channels": 4},
+        "augment": {"name": "edm", "p": 0.5},
+        "training": {"duration_kimg": 0.032, "batch_size": 8, "lr_rampup_kimg": 0, "cond": True}
+        | (training or {}),
+    }
+    spec = {"name": "edm_zip", "path": str(path), **data}
+    return JobSpec.model_validate({"data": spec, "model": model, "metrics": [{"name": "fd_raw"}]})
+
+
+def test_image_files_are_held_as_uint8_and_give_the_float_path_batches(tmp_path):
+    from edmgrid.engine.data import Dataset, to_unit
+    from edmgrid.engine.train import Batches
+
+    job = image_job(edm_zip(tmp_path))
+    data = load_data(job.data)
+    assert data.pixels is not None and data.pixels.dtype == torch.uint8 and data._x is None
+    assert data.sample_shape == (3, 8, 8) and len(data) == 24  # no float copy made for it
+    floats = Dataset(to_unit(data.pixels), data.labels, data.label_dim)
+    device = torch.device("cpu")
+    a = Batches(job.model, data, torch.Generator().manual_seed(3), device, 0)  # type: ignore[arg-type]
+    b = Batches(job.model, floats, torch.Generator().manual_seed(3), device, 0)  # type: ignore[arg-type]
+    for _ in range(3):
+        for u, v in zip(a.draw(8), b.draw(8), strict=True):
+            assert u is not None and v is not None and torch.equal(u, v)
+    assert torch.equal(data.x, floats.x) and data.x.dtype == torch.float32
+
+
+def test_a_streamed_data_set_reads_its_batches_through_dataloader_workers(tmp_path):
+    from edmgrid.engine.train import Batches
+
+    path = edm_zip(tmp_path)
+    streamed, in_memory = (
+        load_data(image_job(path, stream=True, workers=2).data),
+        load_data(image_job(path).data),
+    )
+    assert streamed.pixels is None and streamed.files is not None
+    job = image_job(path, stream=True, workers=2)
+    assert training_key(job) == training_key(image_job(path, stream=True, workers=0))
+    assert training_key(job) != training_key(image_job(path))
+    batches = Batches(job.model, streamed, torch.Generator(), torch.device("cpu"), step=5)  # type: ignore[arg-type]
+    index, images = batches.images(8)
+    assert in_memory.pixels is not None
+    assert torch.equal(images, in_memory.x[index])  # the images at the drawn indices
+    again = Batches(job.model, streamed, torch.Generator(), torch.device("cpu"), step=5)  # type: ignore[arg-type]
+    assert torch.equal(again.images(8)[0], index)  # step 5's batch, whatever ran before
+    assert torch.equal(streamed.x, in_memory.x)  # decoded in full on first use
+
+
+def test_a_failed_streamed_training_resumes_from_its_snapshot_bitwise(tmp_path, monkeypatch):
+    from edmgrid.engine import train as train_mod
+
+    job = image_job(edm_zip(tmp_path), {"snapshot_kimg": 0.016}, stream=True, workers=0)
+    whole = train(job, tmp_path / "whole")
+    real, calls = train_mod.update_ema, []
+
+    def failing(*args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:  # the step after the snapshot at 16 images
+            raise RuntimeError("node lost")
+        real(*args)
+
+    monkeypatch.setattr(train_mod, "update_ema", failing)
+    with pytest.raises(RuntimeError, match="node lost"):
+        train(job, tmp_path / "failed")
+    monkeypatch.setattr(train_mod, "update_ema", real)
+    resumed = train(job, tmp_path / "failed")
+    assert resumed["resumed_from_images"] == 16 and resumed["loss_final"] == whole["loss_final"]
+    a, b = ema_of(tmp_path / "whole", job), ema_of(tmp_path / "failed", job)
+    assert all(torch.equal(a[n], b[n]) for n in a)
