@@ -501,9 +501,12 @@ def _duration(seconds: float) -> str:
 
 
 def _peak_memory_mib(device: torch.device) -> float:
-    """The device's peak allocated memory; on the CPU, the process's peak resident set."""
+    """The device's peak allocated memory in the tick (then reset); on the CPU, the process's
+    peak resident set so far."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
