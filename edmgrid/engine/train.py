@@ -219,22 +219,7 @@ def fit(
                     f"training diverged: non-finite loss at step {run.step} (image {run.seen}); "
                     f"last finite loss {run.last_loss:.4g}"
                 )
-            for group in optimizer.param_groups:  # linear ramp-up from cur_nimg = 0
-                group["lr"] = hp.lr * min(run.seen / max(hp.lr_rampup_kimg * 1000, 1e-8), 1)
-            if scaler:
-                scaler.unscale_(optimizer)
-            for p in params:
-                if p.grad is not None:
-                    if ls != 1:
-                        p.grad.div_(ls)
-                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-            if hp.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            _update(optimizer, params, scaler, ls, hp, run.seen)
             optimizer.zero_grad(set_to_none=True)
             run.seen += hp.batch_size
             run.step += 1
@@ -267,6 +252,34 @@ def fit(
         "resumed_from_images": run.resumed_from,
     }
     return ema, meta
+
+
+def _update(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    scaler: torch.amp.GradScaler | None,
+    ls: float,
+    hp: TrainingSpec,
+    seen: int,
+) -> None:
+    """One Adam step after ``seen`` images: learning rate ramped up linearly from cur_nimg = 0,
+    gradients unscaled, NaN → 0 and ±Inf → ±1e5 (official), clipped if ``grad_clip``."""
+    for group in optimizer.param_groups:
+        group["lr"] = hp.lr * min(seen / max(hp.lr_rampup_kimg * 1000, 1e-8), 1)
+    if scaler:
+        scaler.unscale_(optimizer)
+    for p in params:
+        if p.grad is not None:
+            if ls != 1:
+                p.grad.div_(ls)
+            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+    if hp.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def split_batch(hp: TrainingSpec, world: int) -> tuple[int, int]:
