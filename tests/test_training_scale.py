@@ -224,7 +224,9 @@ def test_snapshots_are_evaluated_by_kimg_and_pruned_to_the_latest_kept(tmp_path)
         load_trained(at(0.512), data, tmp_path)
 
 
-def test_the_training_log_is_a_duckdb_view_with_a_row_per_tick(tmp_path):
+def test_a_space_grids_over_snapshots_with_one_training_and_logs_its_ticks(tmp_path):
+    """The curve of a training: fd at kimg 0.128, 0.192 (snapshots) and 0.256 (the end), from
+    one training whose per-tick log is the ``train_log`` view."""
     from fake_training import toy_space
 
     from edmgrid.run.executors import SerialExecutor
@@ -232,11 +234,21 @@ def test_the_training_log_is_a_duckdb_view_with_a_row_per_tick(tmp_path):
     from edmgrid.run.store import Store
 
     model = {"kind": "trained", "network": {"arch": "mlp", "hidden": 8, "depth": 1}}
-    model["training"] = {"duration_kimg": 0.256, "batch_size": 32, "tick_kimg": 0.064}
+    model["training"] = {
+        "duration_kimg": 0.256,
+        "batch_size": 32,
+        "tick_kimg": 0.032,
+        "snapshot_kimg": 0.064,
+    }
+    grid = {"model.snapshot": [0.128, 0.192, 0.256]}
     store = Store(tmp_path / "r")
-    run_space(toy_space(tmp_path, "t", {}, model=model), store, executor=SerialExecutor())
+    run_space(toy_space(tmp_path, "t", grid, model=model), store, executor=SerialExecutor())
+    runs = store.query("SELECT model_snapshot, fd_raw, status FROM runs ORDER BY 1")
+    assert runs["model_snapshot"].tolist() == [0.128, 0.192, 0.256]
+    assert set(runs["status"]) == {"done"} and runs["fd_raw"].nunique() == 3
+    assert len(store.query("SELECT * FROM trainings")) == 1
     log = store.query("SELECT * FROM train_log ORDER BY kimg")
-    assert log["kimg"].tolist() == [0.064, 0.128, 0.192, 0.256]
+    assert log["kimg"].tolist() == pytest.approx([0.032 * k for k in range(1, 9)])
     columns = {"loss", "images_per_second", "seconds", "peak_memory_mib", "session", "device"}
     assert columns <= set(log.columns) and (log["peak_memory_mib"] > 0).all()
     assert log["seconds"].is_monotonic_increasing and set(log["session"]) == {1}
