@@ -4,7 +4,6 @@ SIGKILL, snapshot evaluation and pruning, the training log."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -148,8 +147,9 @@ def test_a_training_that_diverges_on_every_rank_fails_with_the_ranks_reason(tmp_
     assert not checkpoint_path(tmp_path, training_key(job) or "").exists()
 
 
-#: A toy training of 320 steps with a snapshot every 16 and a log row every 8.
-RESUMABLE = {"duration_kimg": 10.24, "snapshot_kimg": 0.512, "tick_kimg": 0.256}
+#: A toy training of 500 steps with a snapshot and a log row every 20: a kill ~50 ms after a
+#: session's first snapshot lands before the end even on a loaded machine.
+RESUMABLE = {"duration_kimg": 16, "snapshot_kimg": 0.64, "tick_kimg": 0.64}
 
 RUNNER = """
 import json, sys, torch
@@ -157,7 +157,7 @@ torch.set_num_threads(1)
 from edmgrid.config.job import JobSpec
 from edmgrid.engine.train import train
 job = JobSpec.model_validate(json.loads(sys.argv[1]))
-print(json.dumps(train(job, __import__("pathlib").Path(sys.argv[2]))))
+train(job, __import__("pathlib").Path(sys.argv[2]))
 """
 
 
@@ -171,7 +171,7 @@ def test_a_training_killed_at_random_moments_resumes_to_the_uninterrupted_result
     rng, kills = random.Random(12), 0
     while kills < 3:
         seen = files.resume.stat().st_mtime_ns if files.resume.exists() else 0
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env={**os.environ})
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         while proc.poll() is None and (
             not files.resume.exists() or files.resume.stat().st_mtime_ns == seen
         ):
@@ -182,7 +182,7 @@ def test_a_training_killed_at_random_moments_resumes_to_the_uninterrupted_result
         proc.wait()
         kills += 1
     assert not checkpoint_path(cache, key).exists()
-    resumed = json.loads(subprocess.run(argv, capture_output=True, check=True).stdout)
+    resumed = train(job, cache)  # the re-run, here in-process
     uninterrupted = train(job, tmp_path / "whole")
     a, b = ema_of(cache, job), ema_of(tmp_path / "whole", job)
     assert all(torch.equal(a[n], b[n]) for n in a)  # bitwise
@@ -224,7 +224,9 @@ def test_snapshots_are_evaluated_by_kimg_and_pruned_to_the_latest_kept(tmp_path)
         load_trained(at(0.512), data, tmp_path)
 
 
-def test_the_training_log_is_a_duckdb_view_with_a_row_per_tick(tmp_path):
+def test_a_space_grids_over_snapshots_with_one_training_and_logs_its_ticks(tmp_path):
+    """The curve of a training: fd at kimg 0.128, 0.192 (snapshots) and 0.256 (the end), from
+    one training whose per-tick log is the ``train_log`` view."""
     from fake_training import toy_space
 
     from edmgrid.run.executors import SerialExecutor
@@ -232,11 +234,115 @@ def test_the_training_log_is_a_duckdb_view_with_a_row_per_tick(tmp_path):
     from edmgrid.run.store import Store
 
     model = {"kind": "trained", "network": {"arch": "mlp", "hidden": 8, "depth": 1}}
-    model["training"] = {"duration_kimg": 0.256, "batch_size": 32, "tick_kimg": 0.064}
+    model["training"] = {
+        "duration_kimg": 0.256,
+        "batch_size": 32,
+        "tick_kimg": 0.032,
+        "snapshot_kimg": 0.064,
+    }
+    grid = {"model.snapshot": [0.128, 0.192, 0.256]}
     store = Store(tmp_path / "r")
-    run_space(toy_space(tmp_path, "t", {}, model=model), store, executor=SerialExecutor())
+    run_space(toy_space(tmp_path, "t", grid, model=model), store, executor=SerialExecutor())
+    runs = store.query("SELECT model_snapshot, fd_raw, status FROM runs ORDER BY 1")
+    assert runs["model_snapshot"].tolist() == [0.128, 0.192, 0.256]
+    assert set(runs["status"]) == {"done"} and runs["fd_raw"].nunique() == 3
+    assert len(store.query("SELECT * FROM trainings")) == 1
     log = store.query("SELECT * FROM train_log ORDER BY kimg")
-    assert log["kimg"].tolist() == [0.064, 0.128, 0.192, 0.256]
+    assert log["kimg"].tolist() == pytest.approx([0.032 * k for k in range(1, 9)])
     columns = {"loss", "images_per_second", "seconds", "peak_memory_mib", "session", "device"}
     assert columns <= set(log.columns) and (log["peak_memory_mib"] > 0).all()
     assert log["seconds"].is_monotonic_increasing and set(log["session"]) == {1}
+
+
+def edm_zip(folder: Path, n: int = 24) -> Path:
+    """An EDM dataset zip of ``n`` random 8×8 RGB images with labels 0–2."""
+    import zipfile
+
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.default_rng(0)
+    path = folder / "dataset.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        pairs = []
+        for i in range(n):
+            name = f"00000/img{i:08d}.png"
+            with zf.open(name, "w") as f:
+                PIL.Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(f, "png")
+            pairs.append([name, i % 3])
+        zf.writestr("dataset.json", json.dumps({"labels": pairs}))
+    return path
+
+
+def image_job(path: Path, training: dict[str, Any] | None = None, **data: Any) -> JobSpec:
+    model = {
+        "kind": "trained",
+        "network": {**TINY_NET, "model_channels": 4},
+        "augment": {"name": "edm", "p": 0.5},
+        "training": {"duration_kimg": 0.032, "batch_size": 8, "lr_rampup_kimg": 0, "cond": True}
+        | (training or {}),
+    }
+    spec = {"name": "edm_zip", "path": str(path), **data}
+    return JobSpec.model_validate({"data": spec, "model": model, "metrics": [{"name": "fd_raw"}]})
+
+
+def test_image_files_are_held_as_uint8_and_give_the_float_path_batches(tmp_path):
+    from edmgrid.engine.data import Dataset, to_unit
+    from edmgrid.engine.train import Batches
+
+    job = image_job(edm_zip(tmp_path))
+    data = load_data(job.data)
+    assert data.pixels is not None and data.pixels.dtype == torch.uint8 and data._x is None
+    assert data.sample_shape == (3, 8, 8) and len(data) == 24  # no float copy made for it
+    floats = Dataset(to_unit(data.pixels), data.labels, data.label_dim)
+    device = torch.device("cpu")
+    a = Batches(job.model, data, torch.Generator().manual_seed(3), device, 0)  # type: ignore[arg-type]
+    b = Batches(job.model, floats, torch.Generator().manual_seed(3), device, 0)  # type: ignore[arg-type]
+    for _ in range(3):
+        for u, v in zip(a.draw(8), b.draw(8), strict=True):
+            assert u is not None and v is not None and torch.equal(u, v)
+    assert torch.equal(data.x, floats.x) and data.x.dtype == torch.float32
+
+
+def test_a_streamed_data_set_reads_its_batches_through_dataloader_workers(tmp_path):
+    from edmgrid.engine.train import Batches
+
+    path = edm_zip(tmp_path)
+    streamed, in_memory = (
+        load_data(image_job(path, stream=True, workers=2).data),
+        load_data(image_job(path).data),
+    )
+    assert streamed.pixels is None and streamed.files is not None
+    job = image_job(path, stream=True, workers=2)
+    assert training_key(job) == training_key(image_job(path, stream=True, workers=0))
+    assert training_key(job) != training_key(image_job(path))
+    batches = Batches(job.model, streamed, torch.Generator(), torch.device("cpu"), step=5)  # type: ignore[arg-type]
+    index, images = batches.images(8)
+    assert in_memory.pixels is not None
+    assert torch.equal(images, in_memory.x[index])  # the images at the drawn indices
+    again = Batches(job.model, streamed, torch.Generator(), torch.device("cpu"), step=5)  # type: ignore[arg-type]
+    assert torch.equal(again.images(8)[0], index)  # step 5's batch, whatever ran before
+    assert torch.equal(streamed.x, in_memory.x)  # decoded in full on first use
+
+
+def test_a_failed_streamed_training_resumes_from_its_snapshot_bitwise(tmp_path, monkeypatch):
+    from edmgrid.engine import train as train_mod
+
+    job = image_job(edm_zip(tmp_path), {"snapshot_kimg": 0.016}, stream=True, workers=0)
+    whole = train(job, tmp_path / "whole")
+    real, calls = train_mod.update_ema, []
+
+    def failing(*args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:  # the step after the snapshot at 16 images
+            raise RuntimeError("node lost")
+        real(*args)
+
+    monkeypatch.setattr(train_mod, "update_ema", failing)
+    with pytest.raises(RuntimeError, match="node lost"):
+        train(job, tmp_path / "failed")
+    monkeypatch.setattr(train_mod, "update_ema", real)
+    resumed = train(job, tmp_path / "failed")
+    assert resumed["resumed_from_images"] == 16 and resumed["loss_final"] == whole["loss_final"]
+    a, b = ema_of(tmp_path / "whole", job), ema_of(tmp_path / "failed", job)
+    assert all(torch.equal(a[n], b[n]) for n in a)

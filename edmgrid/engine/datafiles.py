@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import tarfile
 import zipfile
@@ -199,8 +200,47 @@ def _labels_from_json(raw: bytes, names: Sequence[str], where: str) -> np.ndarra
     return np.asarray(labels, dtype=np.int64)
 
 
-def load_image_folder(path: str | Path) -> Dataset:
-    """All PNG/JPEG files under ``path`` (recursive, sorted), labels from its ``dataset.json``."""
+class ImageFiles:
+    """Random access to the images of an image folder or an EDM zip, decoded one at a time:
+    what a streamed data set reads (in ``DataLoader`` workers: each process opens its own zip,
+    as a forked one shares its parent's file offset)."""
+
+    def __init__(self, kind: str, path: Path, names: list[str], labels: np.ndarray | None):
+        self.kind, self.path, self.names, self.labels = kind, path, names, labels
+        self._zip: zipfile.ZipFile | None = None
+        self._pid = 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_zip": None}
+
+    def where(self, name: str) -> str:
+        return f"{self.path}:{name}" if self.kind == "zip" else str(self.path / name)
+
+    def read(self, name: str) -> bytes:
+        if self.kind == "folder":
+            return (self.path / name).read_bytes()
+        if self._zip is None or self._pid != os.getpid():
+            self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
+        return self._zip.read(name)
+
+    def image(self, i: int) -> np.ndarray:
+        """Image ``i``, uint8 [C, H, W]."""
+        return _decode_image(self.read(self.names[i]), self.where(self.names[i]))
+
+    def decode_all(self) -> np.ndarray:
+        return _decode_all(self.names, self.read, self.where)
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+
+def image_folder_files(path: str | Path) -> ImageFiles:
+    """The PNG/JPEG files under ``path`` (recursive, sorted), labels from its ``dataset.json``."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder not found at {path}: provide a folder of PNG/JPEG images")
@@ -211,14 +251,20 @@ def load_image_folder(path: str | Path) -> Dataset:
     )
     if not names:
         raise DataError(f"image folder {path} holds no .png/.jpg/.jpeg files")
-    images = _decode_all(names, lambda n: (root / n).read_bytes(), lambda n: str(root / n))
     meta = root / "dataset.json"
     labels = _labels_from_json(meta.read_bytes(), names, str(meta)) if meta.is_file() else None
-    return images, labels
+    return ImageFiles("folder", root, names, labels)
 
 
-def load_edm_zip(path: str | Path) -> Dataset:
-    """The official EDM dataset zip: images (sorted by name), labels from ``dataset.json``."""
+def load_image_folder(path: str | Path) -> Dataset:
+    """All PNG/JPEG files under ``path`` (recursive, sorted), labels from its ``dataset.json``."""
+    files = image_folder_files(path)
+    return files.decode_all(), files.labels
+
+
+def edm_zip_files(path: str | Path) -> ImageFiles:
+    """The images of an official EDM dataset zip (sorted by name), labels from its
+    ``dataset.json``."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(
@@ -230,13 +276,23 @@ def load_edm_zip(path: str | Path) -> Dataset:
             names = sorted(n for n in all_names if n.lower().endswith(IMAGE_SUFFIXES))
             if not names:
                 raise DataError(f"EDM dataset zip {path} holds no .png/.jpg/.jpeg files")
-            images = _decode_all(names, zf.read, lambda n: f"{path}:{n}")
             labels = None
             if "dataset.json" in all_names:
                 labels = _labels_from_json(zf.read("dataset.json"), names, f"{path}:dataset.json")
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"{path} is not a readable zip ({e}): expected an EDM dataset zip") from e
-    return images, labels
+    return ImageFiles("zip", p, names, labels)
+
+
+def load_edm_zip(path: str | Path) -> Dataset:
+    """The official EDM dataset zip: images (sorted by name), labels from ``dataset.json``."""
+    files = edm_zip_files(path)
+    try:
+        return files.decode_all(), files.labels
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path} is not a readable zip ({e}): expected an EDM dataset zip") from e
+    finally:
+        files.close()
 
 
 def load_npz(path: str | Path) -> Dataset:
@@ -282,6 +338,13 @@ LOADERS: dict[str, Callable[[str | Path], Dataset]] = {
     "image_folder": load_image_folder,
     "npz": load_npz,
     "edm_zip": load_edm_zip,
+}
+
+
+#: The formats that can stream (one file per image): random access to their images.
+STREAMERS: dict[str, Callable[[str | Path], ImageFiles]] = {
+    "image_folder": image_folder_files,
+    "edm_zip": edm_zip_files,
 }
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import os
 import resource
@@ -42,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 from edmgrid.config.job import JobSpec
 from edmgrid.config.model import HOW_FIELDS, TrainedModel, TrainingSpec
-from edmgrid.engine.data import Dataset, load_data
+from edmgrid.engine.data import Dataset, load_data, to_unit
+from edmgrid.engine.datafiles import ImageFiles
 from edmgrid.engine.device import worker_device
 from edmgrid.engine.progress import Progress
 from edmgrid.errors import EdmgridError, JobError
@@ -56,14 +58,15 @@ if TYPE_CHECKING:
 
 
 def training_key(job: JobSpec) -> str | None:
-    """Content hash of what training computes (data and model, less ``HOW_FIELDS`` and the
-    evaluated ``snapshot``), or None for no training."""
+    """Content hash of what training computes (data and model, less ``HOW_FIELDS``, the data's
+    ``workers`` and the evaluated ``snapshot``), or None for no training."""
     if not isinstance(job.model, TrainedModel):
         return None
     model = job.model.model_dump(
         mode="json", exclude={"snapshot": True, "training": set(HOW_FIELDS)}
     )
-    return content_hash({"data": job.data.model_dump(mode="json"), "model": model})
+    data = job.data.model_dump(mode="json", exclude={"workers"})  # a streamed set's readers
+    return content_hash({"data": data, "model": model})
 
 
 def checkpoint_path(cache_dir: Path, key: str) -> Path:
@@ -184,11 +187,11 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if hp.loss_scaling == "dynamic" else None
     ls = 1.0 if hp.loss_scaling == "dynamic" else hp.loss_scaling
     gen = torch.Generator(device).manual_seed(hp.seed)
-    batches = Batches(model, dataset, gen, device)
     modules = Modules(denoiser, ema, optimizer, scaler, gen)
     run = RunState()
     if files is not None and (saved := files.resume_state()) is not None:
         run = modules.restore(saved, device, hp.seed)
+    batches = Batches(model, dataset, gen, device, run.step)
     total, snapshot_images = round(hp.duration_kimg * 1000), _images(hp.snapshot_kimg)
     tick = Tick(run.seen, device)
     speed = Tick(run.seen, device)
@@ -216,22 +219,7 @@ def fit(
                     f"training diverged: non-finite loss at step {run.step} (image {run.seen}); "
                     f"last finite loss {run.last_loss:.4g}"
                 )
-            for group in optimizer.param_groups:  # linear ramp-up from cur_nimg = 0
-                group["lr"] = hp.lr * min(run.seen / max(hp.lr_rampup_kimg * 1000, 1e-8), 1)
-            if scaler:
-                scaler.unscale_(optimizer)
-            for p in params:
-                if p.grad is not None:
-                    if ls != 1:
-                        p.grad.div_(ls)
-                    torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-            if hp.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            _update(optimizer, params, scaler, ls, hp, run.seen)
             optimizer.zero_grad(set_to_none=True)
             update_ema(
                 ema, denoiser, hp.ema_halflife_kimg, hp.ema_rampup_ratio, run.seen, hp.batch_size
@@ -264,6 +252,34 @@ def fit(
         "resumed_from_images": run.resumed_from,
     }
     return ema, meta
+
+
+def _update(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    scaler: torch.amp.GradScaler | None,
+    ls: float,
+    hp: TrainingSpec,
+    seen: int,
+) -> None:
+    """One Adam step after ``seen`` images: learning rate ramped up linearly from cur_nimg = 0,
+    gradients unscaled, NaN → 0 and ±Inf → ±1e5 (official), clipped if ``grad_clip``."""
+    for group in optimizer.param_groups:
+        group["lr"] = hp.lr * min(seen / max(hp.lr_rampup_kimg * 1000, 1e-8), 1)
+    if scaler:
+        scaler.unscale_(optimizer)
+    for p in params:
+        if p.grad is not None:
+            if ls != 1:
+                p.grad.div_(ls)
+            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+    if hp.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def split_batch(hp: TrainingSpec, world: int) -> tuple[int, int]:
@@ -342,23 +358,49 @@ def _matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
 class Batches:
     """A step's randomness for the whole batch, from one generator on the device: indices,
     dataset x-flips, augmentation, σ ~ p_train and noise, in that order. Every process draws
-    the same and keeps its slice."""
+    the same and keeps its slice.
+
+    Images live on the device (uint8 pixels converted per batch, or float points); a streamed
+    data set is read by a DataLoader whose batch of step k is drawn by a generator seeded by
+    (seed, k) on the CPU, so its workers read ahead and a resumed training picks up at its step.
+    """
 
     def __init__(
-        self, model: TrainedModel, dataset: Dataset, gen: torch.Generator, device: torch.device
+        self,
+        model: TrainedModel,
+        dataset: Dataset,
+        gen: torch.Generator,
+        device: torch.device,
+        step: int,
     ) -> None:
         self.model, self.dataset, self.gen, self.device = model, dataset, gen, device
-        self.images = dataset.x.to(device)
+        self.pixels = dataset.pixels.to(device) if dataset.pixels is not None else None
+        self.x = dataset.x.to(device) if self.pixels is None and dataset.files is None else None
+        self.stream: Iterator[tuple[Tensor, Tensor]] | None = None
+        if dataset.files is not None:
+            self.stream = _stream(dataset, model.training, step, device)
         cond = model.training.cond and dataset.labels is not None
         self.labels = dataset.labels.to(device) if cond and dataset.labels is not None else None
         self.eye = torch.eye(dataset.label_dim, device=device) if cond else None
         self.view = (-1,) + (1,) * len(dataset.sample_shape)
 
+    def images(self, batch: int) -> tuple[Tensor, Tensor]:
+        """(indices, images in [−1, 1]) of the next batch, on the device."""
+        if self.stream is not None:
+            index, pixels = next(self.stream)
+            index = index.to(self.device)
+            return index, to_unit(pixels.to(self.device, non_blocking=True))
+        n = len(self.dataset)
+        index = torch.randint(n, (batch,), generator=self.gen, device=self.device)
+        if self.pixels is not None:
+            return index, to_unit(self.pixels[index])
+        assert self.x is not None
+        return index, self.x[index]
+
     def draw(self, batch: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """(y, y + n, σ [B, 1, …], one-hot labels, augmentation labels)."""
         gen, device = self.gen, self.device
-        index = torch.randint(len(self.images), (batch,), generator=gen, device=device)
-        y = self.images[index]
+        index, y = self.images(batch)
         if self.model.training.xflip and self.dataset.is_image:  # Table 7, leaky by construction
             flip = torch.rand(batch, generator=gen, device=device) < 0.5
             y = torch.where(flip.reshape(self.view), y.flip(-1), y)
@@ -371,6 +413,47 @@ class Batches:
         sigma = self.model.p_train.sample(batch, gen).reshape(self.view)
         noise = torch.randn(y.shape, generator=gen, device=device) * sigma
         return y, y + noise, sigma, labels, augment_labels
+
+
+class _Files:
+    """A streamed data set as a map-style torch dataset: index → (index, uint8 image)."""
+
+    def __init__(self, files: ImageFiles) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor]:
+        return i, torch.from_numpy(self.files.image(i).copy())  # decoded images are read-only
+
+
+class _StepIndices:
+    """The image indices of steps ``step``, ``step + 1``, …: batch k from a CPU generator
+    seeded by (seed, k)."""
+
+    def __init__(self, n: int, batch: int, seed: int, step: int) -> None:
+        self.n, self.batch, self.seed, self.step = n, batch, seed, step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for k in itertools.count(self.step):
+            gen = torch.Generator().manual_seed(int(content_hash([self.seed, k]), 16))
+            yield torch.randint(self.n, (self.batch,), generator=gen).tolist()
+
+
+def _stream(
+    dataset: Dataset, hp: TrainingSpec, step: int, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
+    from torch.utils.data import DataLoader
+
+    assert dataset.files is not None
+    loader: DataLoader[tuple[int, Tensor]] = DataLoader(
+        _Files(dataset.files),  # type: ignore[arg-type]
+        batch_sampler=_StepIndices(len(dataset), hp.batch_size, hp.seed, step),
+        num_workers=dataset.workers,
+        pin_memory=device.type == "cuda",
+    )
+    return iter(loader)
 
 
 @dataclass
@@ -431,9 +514,12 @@ def _duration(seconds: float) -> str:
 
 
 def _peak_memory_mib(device: torch.device) -> float:
-    """The device's peak allocated memory; on the CPU, the process's peak resident set."""
+    """The device's peak allocated memory in the tick (then reset); on the CPU, the process's
+    peak resident set so far."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
