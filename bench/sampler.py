@@ -306,8 +306,8 @@ class Probe:
         if isinstance(spec.timesteps, GITSSteps):
             settings = spec.timesteps.model_dump_json(exclude={"num_steps"})
             if settings not in self.costs:
-                self.costs[settings] = calibration_cost(self.denoiser, spec, shape)
-            spec = fit_steps(self.denoiser, spec, shape, self.costs[settings])
+                self.costs[settings] = calibration_cost(self.denoiser, spec, shape, "cpu")
+            spec = fit_steps(self.denoiser, spec, shape, "cpu", self.costs[settings])
         counter = CountingDenoiser(self.denoiser)
         x = sample(counter, self.latents, spec)
         key = self.sigma_range(spec)

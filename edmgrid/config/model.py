@@ -10,6 +10,7 @@ from edmgrid.design.augment import Augment, NoAugment, augments
 from edmgrid.design.loss_weight import EDMWeight, LossWeight, loss_weights
 from edmgrid.design.networks import DDPMpp, Network, networks
 from edmgrid.design.p_train import EDMTrain, PTrain, p_trains
+from edmgrid.design.precision import DEFAULT, Precision
 from edmgrid.design.precond import EDMPrecond, Precond, preconds
 from edmgrid.registry import Choice, Registry, Strict
 
@@ -50,6 +51,7 @@ class PickleModel(ModelSpec):
     kind: Literal["pickle"] = "pickle"
     input_paths = ("path",)
     path: str = Field(min_length=1)
+    sampling_precision: Precision = DEFAULT  # the network's forward (design.precision)
 
 
 @models.register
@@ -62,6 +64,7 @@ class EntrypointModel(ModelSpec):
     kind: Literal["entrypoint"] = "entrypoint"
     target: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    sampling_precision: Precision = DEFAULT  # the network's forward (design.precision)
 
 
 class TrainingSpec(Strict):
@@ -95,3 +98,5 @@ class TrainedModel(ModelSpec):
     p_train: PTrainChoice = Field(default_factory=EDMTrain)
     augment: AugmentChoice = Field(default_factory=NoAugment)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    #: The network's forward when sampling (design.precision); not part of the training key.
+    sampling_precision: Precision = DEFAULT

@@ -54,7 +54,9 @@ class VPPrecond(Precond):
         return VP(beta_d=self.beta_d, beta_min=self.beta_min)
 
     def sigma_range(self) -> tuple[float, float]:
-        ends = self._vp().sigma(torch.tensor([self.epsilon_t, 1.0], dtype=torch.float64))
+        ends = self._vp().sigma(
+            torch.tensor([self.epsilon_t, 1.0], dtype=torch.float64, device="cpu")
+        )
         return float(ends[0]), float(ends[1])
 
     def coefficients(self, sigma: Tensor) -> Coefficients:

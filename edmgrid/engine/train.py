@@ -30,12 +30,12 @@ if TYPE_CHECKING:
 
 
 def training_key(job: JobSpec) -> str | None:
-    """Content hash of what training depends on (data and model), or None for no training."""
+    """Content hash of what training depends on (data and model, less its sampling
+    precision), or None for no training."""
     if not isinstance(job.model, TrainedModel):
         return None
-    return content_hash(
-        {"data": job.data.model_dump(mode="json"), "model": job.model.model_dump(mode="json")}
-    )
+    model = job.model.model_dump(mode="json", exclude={"sampling_precision"})
+    return content_hash({"data": job.data.model_dump(mode="json"), "model": model})
 
 
 def checkpoint_path(cache_dir: Path, key: str) -> Path:
