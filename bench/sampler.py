@@ -303,7 +303,7 @@ class Probe:
     def error(self, spec: SamplerSpec) -> tuple[float, float]:
         """(NFE measured, ODE error) of one run; model-dependent steps are fitted first, and
         their calibration is not counted."""
-        spec = fit_steps(self.denoiser, spec, self.latents.shape[1:], self.cached)
+        spec = fit_steps(self.denoiser, spec, self.latents.shape[1:], "cpu", self.cached)
         counter = CountingDenoiser(self.denoiser)
         x = sample(counter, self.latents, spec)
         key = self.sigma_range(spec)

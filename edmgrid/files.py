@@ -143,10 +143,14 @@ def read_or_quarantine(path: Path, read: Callable[[Path], T], root: Path) -> T |
 
 def load_cached(path: Path, cache_dir: Path) -> Any:
     """``torch.load`` (weights only) of a file in ``cache_dir`` (a results directory's
-    ``cache/``); None when it is missing or unreadable (then quarantined: it is made again)."""
+    ``cache/``), onto the CPU whichever device wrote it; None when it is missing or unreadable
+    (then quarantined: it is made again)."""
     import torch
 
-    return read_or_quarantine(path, lambda p: torch.load(p, weights_only=True), cache_dir.parent)
+    def load(p: Path) -> Any:
+        return torch.load(p, map_location="cpu", weights_only=True)
+
+    return read_or_quarantine(path, load, cache_dir.parent)
 
 
 @contextlib.contextmanager

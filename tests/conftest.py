@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,6 +12,14 @@ from typing import Any
 import pytest
 import torch
 from torch import Tensor
+
+from edmgrid.engine.device import SIMULATED_GPUS
+
+# The suite simulates GPUs on machines without one (test_executors, test_ray): a worker pinned
+# to a GPU id that CUDA cannot use runs on the CPU and records ``cpu (simulated GPU <id>)``
+# instead of failing its job. Set here, before any worker or Ray process starts, so that every
+# one inherits it; tests of the real behaviour unset it.
+os.environ[SIMULATED_GPUS] = "1"
 
 
 class GaussianDenoiser:

@@ -108,7 +108,7 @@ def test_local_workers_each_see_only_their_simulated_gpu(tmp_path: Path) -> None
     summary = run_space(space, store, executor=executor)
     assert summary.ok and summary.counts["done"] == 4
     devices = store.query("SELECT device FROM runs")["device"]
-    assert set(devices) == {"cuda:0", "cuda:1"}
+    assert set(devices) == {"cpu (simulated GPU 0)", "cpu (simulated GPU 1)"}
 
 
 def test_a_worker_that_dies_fails_its_job_and_is_replaced(tmp_path: Path) -> None:

@@ -66,4 +66,4 @@ def test_the_solver_tells_the_callback_every_step_as_k_diffusion_does(solver: An
 def test_time_steps_that_do_not_depend_on_the_model_are_not_fitted() -> None:
     spec = SamplerSpec.model_validate({"timesteps": {"name": "edm", "num_steps": 6}})
     assert isinstance(spec.timesteps, EDMSteps)
-    assert fit_steps(GaussianDenoiser(), spec, (2,)) is spec
+    assert fit_steps(GaussianDenoiser(), spec, (2,), "cpu") is spec

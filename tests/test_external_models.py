@@ -122,7 +122,7 @@ def _job(model: dict[str, object], seeds: str = "0-5") -> JobSpec:
 
 def _ideal(job: JobSpec, gaussian: Denoiser) -> torch.Tensor:
     """The same job's samples from the float64 ideal denoiser of N(0, 0.5²I) (conftest)."""
-    return sample_seeds(gaussian, job.sampler, job.seed_list, (1, 8, 8))
+    return sample_seeds(gaussian, job.sampler, job.seed_list, (1, 8, 8), torch.device("cpu"))
 
 
 def test_pickle_ema_samples_like_the_same_denoiser_in_float64(

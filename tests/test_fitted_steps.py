@@ -77,7 +77,7 @@ def gits(solver: dict[str, object], num_steps: int, **timesteps: object) -> Samp
 
 def test_fitted_steps_are_fine_steps_from_sigma_max_to_sigma_min(digits):
     spec = gits({"name": "ipndm"}, 8, fine_steps=32, calibration_samples=16)
-    fitted = fit_steps(digits, spec, (1, 8, 8))
+    fitted = fit_steps(digits, spec, (1, 8, 8), "cpu")
     assert isinstance(fitted.timesteps, SigmaList) and fitted.solver == spec.solver
     fine = edm_sigmas(32, 7.0, 0.002, 80.0).tolist()
     assert len(fitted.timesteps.sigmas) == 8
@@ -97,7 +97,9 @@ def test_fitted_steps_beat_edm_steps_at_equal_nfe_on_held_out_seeds(digits):
     edm = SamplerSpec.model_validate(
         {"solver": {"name": "ipndm"}, "timesteps": {"name": "edm", "num_steps": 10}}
     )
-    fitted_error = rms_distance(sample(digits, x_T, fit_steps(digits, spec, (1, 8, 8))), reference)
+    fitted_error = rms_distance(
+        sample(digits, x_T, fit_steps(digits, spec, (1, 8, 8), "cpu")), reference
+    )
     edm_error = rms_distance(sample(digits, x_T, edm), reference)
     assert fitted_error < 0.5 * edm_error
 

@@ -43,11 +43,11 @@ def test_two_trainings_run_at_once_on_distinct_gpus(cluster: Any, tmp_path: Path
     summary = run_space(space, store, executor=RayExecutor(), trainer=trainer)
     assert summary.ok and summary.counts["done"] == 2 + 4
     trainings = store.query("SELECT device, started_at, created_at FROM trainings")
-    assert sorted(trainings["device"]) == ["cuda:0", "cuda:1"]
+    assert sorted(trainings["device"]) == ["cpu (simulated GPU 0)", "cpu (simulated GPU 1)"]
     first, second = trainings.sort_values("started_at").itertuples()
     assert second.started_at < first.created_at, "the trainings did not overlap"
     devices = store.query("SELECT device FROM runs")["device"]
-    assert set(devices) <= {"cuda:0", "cuda:1"}
+    assert set(devices) <= {"cpu (simulated GPU 0)", "cpu (simulated GPU 1)"}
 
 
 def test_a_failing_ray_job_leaves_a_failed_row_and_the_others_finish(

@@ -317,6 +317,7 @@ def test_ode_error_reference_is_within_2e_5_of_an_independent_dop853_solution(
         sigma_first=SIGMA_MAX,
         sigma_last=SIGMA_MIN,
         cache_dir=tmp_path,
+        device=torch.device("cpu"),
         resample=lambda s: sample(digits, latents, s),
         generate=lambda seeds: pytest.fail("not used"),
     )

@@ -11,6 +11,7 @@ from edmgrid.design.augment import Augment, NoAugment, augments
 from edmgrid.design.loss_weight import EDMWeight, LossWeight, loss_weights
 from edmgrid.design.networks import DDPMpp, Network, networks
 from edmgrid.design.p_train import EDMTrain, PTrain, p_trains
+from edmgrid.design.precision import DEFAULT, Precision
 from edmgrid.design.precond import EDMPrecond, Precond, preconds
 from edmgrid.registry import Choice, Registry, Strict
 
@@ -52,6 +53,7 @@ class PickleModel(ModelSpec):
     kind: Literal["pickle"] = "pickle"
     input_paths = ("path",)
     path: str = Field(min_length=1)
+    sampling_precision: Precision = DEFAULT  # the network's forward (design.precision)
 
 
 @models.register
@@ -64,6 +66,7 @@ class EntrypointModel(ModelSpec):
     kind: Literal["entrypoint"] = "entrypoint"
     target: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    sampling_precision: Precision = DEFAULT  # the network's forward (design.precision)
 
 
 #: Fields of ``TrainingSpec`` that say how a training runs, not what it computes: the training key
@@ -126,3 +129,5 @@ class TrainedModel(ModelSpec):
     augment: AugmentChoice = Field(default_factory=NoAugment)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     snapshot: float | None = Field(None, gt=0)
+    #: The network's forward when sampling (design.precision); not part of the training key.
+    sampling_precision: Precision = DEFAULT

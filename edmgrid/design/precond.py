@@ -60,7 +60,9 @@ class VPPrecond(Precond):
         """[σ(ε_t), σ(1)] in float32, as the official network computes it: σ(ε_t)² ≈ 1e−6 is
         exp(·) − 1 at float32's resolution 2⁻²³ near 1, so σ_min = 2⁻¹⁰ = 0.0009765625, not the
         float64 0.0010005."""
-        ends = self._vp().sigma(torch.tensor([self.epsilon_t, 1.0], dtype=torch.float32))
+        ends = self._vp().sigma(
+            torch.tensor([self.epsilon_t, 1.0], dtype=torch.float32, device="cpu")
+        )
         return float(ends[0]), float(ends[1])
 
     def coefficients(self, sigma: Tensor) -> Coefficients:

@@ -1,6 +1,7 @@
 """Time step discretisation: the σ_i, i < N, a sampler visits (EDM Table 1, row "Time steps").
 
-Each choice returns N noise levels σ_0 > … > σ_{N−1} in float64; the sampler maps them to
+Each choice returns N noise levels σ_0 > … > σ_{N−1} in float64 on the CPU (scalars the
+solver reads on the host, whatever device the samples are on); the sampler maps them to
 t_i = σ⁻¹(round_sigma(σ_i)) and appends t_N = 0 (official ``ablation_sampler``). A
 discretisation that depends on the model (GITS) is fitted to it first (``Timesteps.fit``).
 """
@@ -96,7 +97,7 @@ class Timesteps(Choice, ABC):
         return {}
 
     def _i(self) -> Tensor:
-        return torch.arange(self.num_steps, dtype=torch.float64)
+        return torch.arange(self.num_steps, dtype=torch.float64, device="cpu")
 
 
 @timesteps.register
@@ -184,7 +185,7 @@ class EDMSteps(Timesteps):
 
 def edm_sigmas(n: int, rho: float, sigma_min: float, sigma_max: float) -> Tensor:
     """EDM Eq. 5 with n steps, float64."""
-    i = torch.arange(n, dtype=torch.float64)
+    i = torch.arange(n, dtype=torch.float64, device="cpu")
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + i / (n - 1) * (lo - hi)) ** rho
 
@@ -197,11 +198,15 @@ class UniformSteps(Timesteps):
     epsilon_s: float = Field(1e-3, gt=0, lt=1)
 
     def default_range(self, schedule: Schedule) -> tuple[float, float]:
-        ends = schedule.sigma(torch.tensor([self.epsilon_s, 1.0], dtype=torch.float64))
+        ends = schedule.sigma(
+            torch.tensor([self.epsilon_s, 1.0], dtype=torch.float64, device="cpu")
+        )
         return float(ends[0]), float(ends[1])
 
     def sigma_steps(self, schedule: Schedule, sigma_min: float, sigma_max: float) -> Tensor:
-        ends = schedule.sigma_inv(torch.tensor([sigma_max, sigma_min], dtype=torch.float64))
+        ends = schedule.sigma_inv(
+            torch.tensor([sigma_max, sigma_min], dtype=torch.float64, device="cpu")
+        )
         t = ends[0] + self._i() / (self.num_steps - 1) * (ends[1] - ends[0])
         return schedule.sigma(t)
 
@@ -241,7 +246,7 @@ class SigmaList(Timesteps):
                 f"the denoiser supports σ in [{sigma_min:g}, {sigma_max:g}] only, "
                 f"not the whole list [{self.sigmas[-1]:g}, {self.sigmas[0]:g}]"
             )
-        return torch.tensor(self.sigmas, dtype=torch.float64)
+        return torch.tensor(self.sigmas, dtype=torch.float64, device="cpu")
 
 
 #: Calibration latents (GITS) use the seeds from here on, apart from those of any run.
@@ -306,14 +311,14 @@ class GITSSteps(Timesteps):
     def calibration_cost(self, model: FitContext, sigmas: Tensor) -> Tensor:
         """The Euler local errors between the fine ``sigmas`` along the teacher's paths from the
         calibration latents, summed over them. The teacher runs in batches of at most 2²⁴
-        values."""
+        values, on the latents' device; the cost [G, G] is on the CPU."""
         seeds = range(CALIBRATION_SEED, CALIBRATION_SEED + self.calibration_samples)
         batch = max(1, (1 << 24) // (len(sigmas) * math.prod(model.sample_shape)))
-        cost = torch.zeros(len(sigmas), len(sigmas), dtype=torch.float64)
+        cost = torch.zeros(len(sigmas), len(sigmas), dtype=torch.float64, device="cpu")
         for lo in range(0, len(seeds), batch):
             x_T, denoise = model.inputs(seeds[lo : lo + batch])
             states, slopes = self.teacher(denoise, x_T.double() * sigmas[0], sigmas)
-            cost += self.local_errors(sigmas, states, slopes)
+            cost += self.local_errors(sigmas, states, slopes).cpu()
         return cost
 
     @staticmethod
@@ -339,8 +344,8 @@ class GITSSteps(Timesteps):
         ``x``: the teacher's states [G, n, …] at the G ``sigmas``; ``d``: its slopes
         dx/dσ = (x − D(x; σ))/σ at the first G − 1 of them.
         """
-        G = len(sigmas)
-        errors = torch.full((G, G), math.inf, dtype=torch.float64)
+        G, sigmas = len(sigmas), sigmas.to(x.device)
+        errors = torch.full((G, G), math.inf, dtype=torch.float64, device=x.device)
         for i in range(G - 1):
             h = (sigmas[i + 1 :] - sigmas[i]).reshape(-1, *[1] * (x.dim() - 1))
             errors[i, i + 1 :] = (x[i] + h * d[i] - x[i + 1 :]).pow(2).flatten(1).sum(1)
@@ -350,7 +355,7 @@ class GITSSteps(Timesteps):
         """The ``num_steps`` of the G ``sigmas`` from the first to the last whose consecutive
         pairs (i, j) have the least total ``cost[i, j]`` (dynamic programming, O(N·G²))."""
         G, N = len(sigmas), self.num_steps
-        best = torch.full((G,), math.inf, dtype=torch.float64)
+        best = torch.full((G,), math.inf, dtype=torch.float64, device="cpu")
         best[0] = 0.0  # best[j]: least cost of k steps from σ_0 that end at σ_j
         came_from = []
         for _ in range(N - 1):

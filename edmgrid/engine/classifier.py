@@ -41,14 +41,22 @@ def make_classifier(dataset: Dataset) -> nn.Sequential:
 
 
 def features(classifier: nn.Sequential, x: Tensor, batch: int = 1024) -> np.ndarray:
-    """Penultimate-layer features of x, float32 [N, FEATURES]."""
+    """Penultimate-layer features of x, float32 [N, FEATURES], computed in batches on the
+    classifier's device."""
     body = classifier[0]
+    device = next(body.parameters()).device
     with torch.no_grad():
-        return torch.cat([body(x[i : i + batch].float()) for i in range(0, len(x), batch)]).numpy()
+        out = [
+            body(x[i : i + batch].to(device, torch.float32)).cpu() for i in range(0, len(x), batch)
+        ]
+    return torch.cat(out).numpy()
 
 
-def trained_classifier(dataset: Dataset, cache_dir: Path) -> nn.Sequential:
-    """Train (or load from the cache) the data set's feature classifier."""
+def trained_classifier(dataset: Dataset, cache_dir: Path, device: torch.device) -> nn.Sequential:
+    """Train (or load from the cache) the data set's feature classifier, on ``device``.
+
+    Its initial weights and every batch and noise draw come from CPU generators, so it is
+    the same classifier on every device up to float error (the cache holds CPU weights)."""
 
     if dataset.labels is None or dataset.label_dim < 2:
         raise DataError(
@@ -56,20 +64,24 @@ def trained_classifier(dataset: Dataset, cache_dir: Path) -> nn.Sequential:
         )
     path = cache_dir / "classifiers" / f"{dataset.digest}-v{CLASSIFIER_VERSION}.pt"
     torch.manual_seed(0)
-    classifier = make_classifier(dataset)
+    with torch.device("cpu"):
+        classifier = make_classifier(dataset)
     state = load_cached(path, cache_dir)
     if state is not None:
         classifier.load_state_dict(state)
-        return classifier.eval()
-    gen = torch.Generator().manual_seed(0)
+        return classifier.to(device).eval()
+    classifier.to(device)
+    gen = torch.Generator("cpu").manual_seed(0)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=2e-3)
     for _ in range(STEPS):
-        index = torch.randint(len(dataset.x), (128,), generator=gen)
-        x = dataset.x[index] + 0.05 * torch.randn(dataset.x[index].shape, generator=gen)
-        loss = nn.functional.cross_entropy(classifier(x), dataset.labels[index])
+        index = torch.randint(len(dataset.x), (128,), generator=gen, device="cpu")
+        y = dataset.x[index]
+        x = y + 0.05 * torch.randn(y.shape, generator=gen, device="cpu")
+        labels = dataset.labels[index].to(device)
+        loss = nn.functional.cross_entropy(classifier(x.to(device)), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    state = classifier.state_dict()
+    state = {k: v.cpu() for k, v in classifier.state_dict().items()}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     return classifier.eval()

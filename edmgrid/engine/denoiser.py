@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from edmgrid.design.precision import DEFAULT, Precision, forward_precision
 from edmgrid.design.precond import Precond
 
 
@@ -51,7 +52,8 @@ class AnalyticDenoiser:
     """The ideal denoiser of a finite data set {y_i}: D(x; σ) = Σ_i softmax_i(−‖x−y_i‖²/2σ²)·y_i.
 
     Computed in float64 with an online softmax over chunks of the data, so memory stays at
-    ``batch × chunk`` however large the data set (EDM App. B.3, Eq. 57).
+    ``batch × chunk`` however large the data set (EDM App. B.3, Eq. 57); on the data's device,
+    where x must be.
     """
 
     sigma_min, sigma_max, label_dim = 0.0, math.inf, 0  # every σ > 0, no rounding
@@ -63,14 +65,14 @@ class AnalyticDenoiser:
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         flat = x.reshape(len(x), -1).double()
-        inv_var = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).pow(-2)
+        inv_var = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).pow(-2)
         inv_var = inv_var.expand(len(flat))
         # logits_i = −‖x − y_i‖²/2σ² up to the per-row constant −‖x‖²/2σ², which softmax ignores
         scaled = flat * inv_var[:, None]
         if len(self.y) <= self.chunk:
             logits = (scaled @ self.y.T).addr_(inv_var, self.y_sq, alpha=-0.5)
             return (logits.softmax(1) @ self.y).reshape(x.shape)
-        m = torch.full((len(flat), 1), -math.inf, dtype=torch.float64)
+        m = torch.full((len(flat), 1), -math.inf, dtype=torch.float64, device=flat.device)
         z = torch.zeros_like(m)
         acc = torch.zeros_like(flat)
         for lo in range(0, len(self.y), self.chunk):
@@ -118,15 +120,16 @@ class PrecondDenoiser(torch.nn.Module):
 
 
 class TorchDenoiser:
-    """A network denoiser called without autograd, in batches the caller chooses."""
+    """A network denoiser called without autograd, in batches the caller chooses, on x's
+    device (the network's) with its forward in ``precision``."""
 
-    def __init__(self, net: PrecondDenoiser) -> None:
-        self.net = net
+    def __init__(self, net: PrecondDenoiser, precision: Precision = DEFAULT) -> None:
+        self.net, self.precision = net, precision
         self.sigma_min, self.sigma_max, self.label_dim = net.sigma_min, net.sigma_max, net.label_dim
 
     def round_sigma(self, sigma: Tensor) -> Tensor:
         return self.net.round_sigma(sigma)
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), forward_precision(self.precision, x.device):
             return self.net(x, sigma, class_labels)

@@ -23,6 +23,7 @@ from edmgrid.config.model import (
 from edmgrid.config.sampler import SamplerSpec
 from edmgrid.engine.data import Dataset, load_data
 from edmgrid.engine.denoiser import AnalyticDenoiser, Denoiser, TorchDenoiser
+from edmgrid.engine.device import worker_device
 from edmgrid.engine.metrics import Evaluation, check, compute
 from edmgrid.engine.models import load_entrypoint, load_network_pickle, network_denoiser
 from edmgrid.engine.progress import Progress
@@ -57,24 +58,29 @@ def denoiser_of(model: ModelSpec, job: JobSpec, dataset: Dataset, cache_dir: Pat
 
 @denoiser_of.register
 def _analytic(model: AnalyticModel, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-    return AnalyticDenoiser(dataset.x, chunk=model.chunk)
+    return AnalyticDenoiser(dataset.x.to(worker_device()), chunk=model.chunk)
 
 
 @denoiser_of.register
 def _pickle(model: PickleModel, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-    return network_denoiser(load_network_pickle(model.path), dataset, model.path)
+    return network_denoiser(
+        load_network_pickle(model.path), dataset, model.path, model.sampling_precision
+    )
 
 
 @denoiser_of.register
 def _entrypoint(
     model: EntrypointModel, job: JobSpec, dataset: Dataset, cache_dir: Path
 ) -> Denoiser:
-    return network_denoiser(load_entrypoint(model.target, model.kwargs), dataset, model.target)
+    net = load_entrypoint(model.target, model.kwargs)
+    return network_denoiser(net, dataset, model.target, model.sampling_precision)
 
 
 @denoiser_of.register
 def _trained(model: TrainedModel, job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
-    return TorchDenoiser(load_trained(job, dataset, cache_dir))
+    with torch.device("cpu"):  # built on the host, then moved with its checkpoint's weights
+        net = load_trained(job, dataset, cache_dir)
+    return TorchDenoiser(net.to(worker_device()), model.sampling_precision)
 
 
 #: The denoiser last built in this process, by (model key, cache dir).
@@ -99,15 +105,17 @@ def sample_seeds(
     spec: SamplerSpec,
     seeds: list[int],
     shape: tuple[int, ...],
+    device: torch.device,
     progress: Progress | None = None,
 ) -> Tensor:
-    """Samples for every seed, in batches of at most MAX_BATCH (float64); each seed's inputs
-    and noise as ``seed_inputs`` gives them."""
+    """Samples for every seed, solved on ``device`` in batches of at most MAX_BATCH, each
+    seed's inputs and noise as ``seed_inputs`` gives them; returned on the CPU (float64), where
+    they are cached and measured."""
     out = []
     for lo in range(0, len(seeds), MAX_BATCH):
         batch = seeds[lo : lo + MAX_BATCH]
-        x_T, labels, rng = seed_inputs(denoiser, batch, shape)
-        out.append(sample(denoiser, x_T, spec, labels, randn_like=rng.randn_like))
+        x_T, labels, rng = seed_inputs(denoiser, batch, shape, device)
+        out.append(sample(denoiser, x_T, spec, labels, randn_like=rng.randn_like).cpu())
         if progress:
             progress(lo + len(batch), len(seeds))
     return torch.cat(out)
@@ -130,7 +138,7 @@ def cached_tensor(cache_dir: Path, key: dict[str, Any], make: Callable[[], Tenso
 
 
 def fitted_sampler(
-    job: JobSpec, denoiser: Denoiser, dataset: Dataset, cache_dir: Path
+    job: JobSpec, denoiser: Denoiser, dataset: Dataset, cache_dir: Path, device: torch.device
 ) -> SamplerSpec:
     """The job's sampler with its time steps fitted to the model (``fit_steps``), what the fit
     computes cached on disk per model."""
@@ -138,20 +146,21 @@ def fitted_sampler(
     def cached(key: dict[str, Any], make: Callable[[], Tensor]) -> Tensor:
         return cached_tensor(cache_dir, {**model_settings(job), **key}, make)
 
-    return fit_steps(denoiser, job.sampler, dataset.sample_shape, cached)
+    return fit_steps(denoiser, job.sampler, dataset.sample_shape, device, cached)
 
 
 def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Check the metrics can be had, sample the job's seeds, check the samples are finite, and
-    compute the metrics."""
+    """Check the worker's device and that the metrics can be had, sample the job's seeds on
+    that device, check the samples are finite, and compute the metrics."""
+    device = worker_device()
     for metric in job.metrics:
         check(metric, job)
     dataset = load_data(job.data)
     denoiser = load_denoiser(job, dataset, cache_dir)
-    sampler = fitted_sampler(job, denoiser, dataset, cache_dir)
+    sampler = fitted_sampler(job, denoiser, dataset, cache_dir, device)
     counter = CountingDenoiser(denoiser)
-    seeds = job.seed_list
-    samples = sample_seeds(counter, sampler, seeds, dataset.sample_shape, progress)
+    seeds, shape = job.seed_list, dataset.sample_shape
+    samples = sample_seeds(counter, sampler, seeds, shape, device, progress)
     if not torch.isfinite(samples).all():
         bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
         raise JobError(f"sampler produced non-finite values in {bad} of {len(seeds)} samples")
@@ -160,7 +169,7 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
     def resample(spec: SamplerSpec) -> Tensor:
         key = {**model_settings(job), "sampler": spec.model_dump(mode="json"), "seeds": job.seeds}
         return cached_tensor(
-            cache_dir, key, lambda: sample_seeds(denoiser, spec, seeds, dataset.sample_shape)
+            cache_dir, key, lambda: sample_seeds(denoiser, spec, seeds, shape, device)
         )
 
     ev = Evaluation(
@@ -171,8 +180,9 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
         sigma_first=float(sigma_steps[0]),
         sigma_last=float(sigma_steps[-2]),
         cache_dir=cache_dir,
+        device=device,
         resample=resample,
-        generate=lambda other: sample_seeds(denoiser, sampler, other, dataset.sample_shape),
+        generate=lambda other: sample_seeds(denoiser, sampler, other, shape, device),
     )
     row: dict[str, Any] = {
         "nfe": counter.evaluations / len(seeds),
@@ -213,7 +223,8 @@ def suspect(job: JobSpec, samples: Tensor, dataset: Dataset, row: dict[str, Any]
 
 def draw_samples(job: JobSpec, cache_dir: Path, n: int) -> tuple[Dataset, Tensor]:
     """The data set and the samples of the job's first ``n`` seeds (the same as in its run)."""
+    device = worker_device()
     dataset = load_data(job.data)
     denoiser = build_denoiser(job, dataset, cache_dir)
-    sampler = fitted_sampler(job, denoiser, dataset, cache_dir)
-    return dataset, sample_seeds(denoiser, sampler, job.seed_list[:n], dataset.sample_shape)
+    sampler = fitted_sampler(job, denoiser, dataset, cache_dir, device)
+    return dataset, sample_seeds(denoiser, sampler, job.seed_list[:n], dataset.sample_shape, device)

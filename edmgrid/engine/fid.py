@@ -478,7 +478,8 @@ def load_inception(
         state = torch.load(file, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise DataError(f"{file}: holds a {type(state).__name__}, not a state dict")
-        model = InceptionFeatures()
+        with torch.device("cpu"):  # its random weights are replaced by the file's
+            model = InceptionFeatures()
         _check_keys(model, state, file)
         # BatchNorm step counters do not affect eval; files saved without them still load.
         counters = {
@@ -510,7 +511,7 @@ def _features(chunks: Iterable[Images], extractor: FeatureExtractor, batch_size:
             )
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                batch = torch.as_tensor(images[start : start + batch_size]).to(extractor.device)
+                batch = torch.as_tensor(images[start : start + batch_size], device=extractor.device)
                 moments.add(extractor(batch).cpu().numpy())
     return moments
 

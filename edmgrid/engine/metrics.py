@@ -21,6 +21,7 @@ from edmgrid.engine.data import Dataset
 from edmgrid.errors import InputError
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor
 
     from edmgrid.engine.denoiser import Denoiser
@@ -31,13 +32,14 @@ if TYPE_CHECKING:
 class Evaluation:
     """What a metric sees: the samples, the data, and how to re-sample from the same latents."""
 
-    samples: Tensor  # float64, [n, *sample_shape]
+    samples: Tensor  # float64, [n, *sample_shape], on the CPU
     dataset: Dataset
     denoiser: Denoiser
     seeds: list[int]
     sigma_first: float  # σ(t_0) of the run
     sigma_last: float  # σ(t_{N−1}), the last nonzero level
     cache_dir: Path
+    device: torch.device  # the worker's: where networks (classifier, Inception) run
     resample: Callable[[SamplerSpec], Tensor]  # the same latents through another sampler
     generate: Callable[[list[int]], Tensor]  # this run's sampler from the latents of other seeds
 
@@ -88,7 +90,7 @@ def _fd(metric: FD, ev: Evaluation) -> dict[str, Any]:
     from edmgrid.engine.classifier import features, trained_classifier  # torch, lazily
     from edmgrid.engine.fid import feature_statistics, frechet_distance
 
-    classifier = trained_classifier(ev.dataset, ev.cache_dir)
+    classifier = trained_classifier(ev.dataset, ev.cache_dir, ev.device)
     samples = ev.samples.clamp(-1, 1) if ev.dataset.is_image else ev.samples
     mu1, s1 = feature_statistics(features(classifier, samples))
     mu2, s2 = feature_statistics(features(classifier, ev.dataset.x))

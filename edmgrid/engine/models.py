@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from edmgrid.design.precision import DEFAULT, Precision, forward_precision
 from edmgrid.engine.data import Dataset
 from edmgrid.engine.denoiser import label_dim, round_sigma, sigma_limits
 from edmgrid.engine.device import worker_device
@@ -40,13 +41,17 @@ class NetworkDenoiser:
 
     The network gets x as float32 [N, C, H, W], σ as float32 [N] and one-hot class labels, all
     on its device (the official EDMPrecond casts to float32 itself, so this changes nothing for
-    it); D(x; σ) comes back in float64 on x's device for the float64 sampler.
+    it), and runs in ``precision``; D(x; σ) comes back in float64 on x's device for the float64
+    sampler.
     """
 
-    def __init__(self, net: nn.Module, device: torch.device) -> None:
+    def __init__(
+        self, net: nn.Module, device: torch.device, precision: Precision = DEFAULT
+    ) -> None:
         self.net, self.device = net.eval().requires_grad_(False).to(device), device
         self.sigma_min, self.sigma_max = sigma_limits(net)
         self.label_dim = label_dim(net)
+        self.precision = precision
 
     def round_sigma(self, sigma: Tensor) -> Tensor:
         return round_sigma(self.net, sigma)
@@ -54,13 +59,16 @@ class NetworkDenoiser:
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
         s = torch.as_tensor(sigma, dtype=torch.float32, device=self.device).reshape(-1)
         labels = None if class_labels is None else class_labels.to(self.device, torch.float32)
-        with torch.no_grad():
+        with torch.no_grad(), forward_precision(self.precision, self.device):
             out = self.net(x.to(self.device, torch.float32), s.expand(len(x)), labels)
         return out.to(x.device, torch.float64)
 
 
-def network_denoiser(net: nn.Module, dataset: Dataset, source: str) -> NetworkDenoiser:
-    """Wrap ``net`` after checking that the images it makes have the data set's shape."""
+def network_denoiser(
+    net: nn.Module, dataset: Dataset, source: str, precision: Precision = DEFAULT
+) -> NetworkDenoiser:
+    """Wrap ``net`` on the worker's device after checking that the images it makes have the
+    data set's shape."""
     channels, resolution = getattr(net, "img_channels", None), getattr(net, "img_resolution", None)
     if channels is not None and resolution is not None:
         made = (int(channels), int(resolution), int(resolution))
@@ -69,7 +77,7 @@ def network_denoiser(net: nn.Module, dataset: Dataset, source: str) -> NetworkDe
                 f"{source} makes images of shape {list(made)} but the data set's are "
                 f"{list(dataset.sample_shape)}: give the data the network was trained on"
             )
-    return NetworkDenoiser(net, worker_device())
+    return NetworkDenoiser(net, worker_device(), precision)
 
 
 def load_network_pickle(path: str) -> nn.Module:
@@ -132,7 +140,8 @@ def load_entrypoint(target: str, kwargs: dict[str, Any]) -> nn.Module:
         obj = getattr(obj, part)
     if not callable(obj):
         raise DataError(f"model entry point {target!r} is a {type(obj).__name__}, not callable")
-    net = obj(**kwargs)
+    with torch.device("cpu"):  # built on the host: any random init is the same on every worker
+        net = obj(**kwargs)
     if not isinstance(net, nn.Module):
         raise DataError(
             f"model entry point {target!r} returned a {type(net).__name__}; expected a "

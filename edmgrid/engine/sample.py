@@ -17,39 +17,43 @@ from edmgrid.engine.denoiser import Denoiser, label_dim, round_sigma, sigma_limi
 
 
 class SeedRNG:
-    """One ``torch.Generator`` per seed (seed mod 2³²), like the official StackedRandomGenerator.
+    """One CPU ``torch.Generator`` per seed (seed mod 2³²), like the official
+    StackedRandomGenerator.
 
-    Every sample's noise depends on its seed alone, never on batch size or worker count.
+    Every sample's noise depends on its seed alone, never on batch size, worker count or
+    device: it is drawn on the CPU and then moved to where it is used.
     """
 
-    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu") -> None:
-        self.generators = [torch.Generator(device).manual_seed(int(s) % (1 << 32)) for s in seeds]
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.generators = [torch.Generator("cpu").manual_seed(int(s) % (1 << 32)) for s in seeds]
 
-    def randn(self, size: Sequence[int], dtype: torch.dtype = torch.float32) -> Tensor:
+    def randn(
+        self,
+        size: Sequence[int],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> Tensor:
+        """N(0, I) of ``size`` = [number of seeds, …], one row per generator, on ``device``."""
         if size[0] != len(self.generators):
             raise ValueError(f"first dimension {size[0]} != number of seeds {len(self.generators)}")
-        device = self.generators[0].device
-        return torch.stack(
-            [
-                torch.randn(size[1:], generator=g, dtype=dtype, device=device)
-                for g in self.generators
-            ]
-        )
+        rows = [
+            torch.randn(size[1:], generator=g, dtype=dtype, device="cpu") for g in self.generators
+        ]
+        return torch.stack(rows).to(device)
 
     def randn_like(self, x: Tensor) -> Tensor:
-        return self.randn(x.shape, dtype=x.dtype)
+        return self.randn(x.shape, dtype=x.dtype, device=x.device)
 
-    def randint(self, high: int, size: Sequence[int]) -> Tensor:
-        return torch.stack(
-            [torch.randint(high, size[1:], generator=g, device=g.device) for g in self.generators]
-        )
+    def randint(self, high: int, size: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
+        rows = [torch.randint(high, size[1:], generator=g, device="cpu") for g in self.generators]
+        return torch.stack(rows).to(device)
 
 
 def latents(
     seeds: Sequence[int], shape: Sequence[int], device: torch.device | str = "cpu"
 ) -> Tensor:
-    """x_T ~ N(0, I) of shape [len(seeds), *shape], one generator per seed."""
-    return SeedRNG(seeds, device).randn([len(seeds), *shape])
+    """x_T ~ N(0, I) of shape [len(seeds), *shape] on ``device``, one generator per seed."""
+    return SeedRNG(seeds).randn([len(seeds), *shape], device=device)
 
 
 @dataclass(frozen=True)
@@ -114,17 +118,19 @@ def sample(
 
 
 def seed_inputs(
-    denoiser: Denoiser, seeds: Sequence[int], shape: Sequence[int]
+    denoiser: Denoiser, seeds: Sequence[int], shape: Sequence[int], device: torch.device | str
 ) -> tuple[Tensor, Tensor | None, SeedRNG]:
     """Per seed, as the official generate.py: the latents, then (for a class-conditional
-    denoiser) a class drawn uniformly from its generator as a one-hot label; and the
-    generators, which go on to give the solver's noise."""
+    denoiser) a class drawn uniformly from its generator as a one-hot label, both on
+    ``device``; and the generators, which go on to give the solver's noise."""
     rng = SeedRNG(seeds)
-    x_T = rng.randn([len(seeds), *shape])
+    x_T = rng.randn([len(seeds), *shape], device=device)
     num_classes = label_dim(denoiser)
     labels = None
     if num_classes:
-        labels = torch.eye(num_classes)[rng.randint(num_classes, [len(seeds)])]
+        labels = torch.eye(num_classes, device=device)[
+            rng.randint(num_classes, [len(seeds)], device)
+        ]
     return x_T, labels, rng
 
 
@@ -132,6 +138,7 @@ def fit_steps(
     denoiser: Denoiser,
     spec: SamplerSpec,
     shape: Sequence[int],
+    device: torch.device | str,
     cached: Cache = uncached,
 ) -> SamplerSpec:
     """``spec`` with its time steps fitted to ``denoiser`` (``Timesteps.fit``: GITS's), as
@@ -140,7 +147,7 @@ def fit_steps(
     sigma_min, sigma_max = sigma_bounds(denoiser, spec)
 
     def inputs(seeds: Sequence[int]) -> tuple[Tensor, Denoise]:
-        x_T, labels, _ = seed_inputs(denoiser, seeds, shape)
+        x_T, labels, _ = seed_inputs(denoiser, seeds, shape, device)
         return x_T, partial(_denoise, denoiser, labels)
 
     model = FitContext(

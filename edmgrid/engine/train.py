@@ -59,11 +59,12 @@ if TYPE_CHECKING:
 
 def training_key(job: JobSpec) -> str | None:
     """Content hash of what training computes (data and model, less ``HOW_FIELDS``, the data's
-    ``workers`` and the evaluated ``snapshot``), or None for no training."""
+    ``workers``, the evaluated ``snapshot`` and the sampling precision), or None for no training."""
     if not isinstance(job.model, TrainedModel):
         return None
     model = job.model.model_dump(
-        mode="json", exclude={"snapshot": True, "training": set(HOW_FIELDS)}
+        mode="json",
+        exclude={"snapshot": True, "sampling_precision": True, "training": set(HOW_FIELDS)},
     )
     data = job.data.model_dump(mode="json", exclude={"workers"})  # a streamed set's readers
     return content_hash({"data": data, "model": model})

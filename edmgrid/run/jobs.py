@@ -3,7 +3,6 @@ calls ``run_job`` in its worker."""
 
 from __future__ import annotations
 
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -12,6 +11,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from edmgrid.config.job import JobSpec
+from edmgrid.engine.device import describe_device as device_name
+from edmgrid.engine.device import worker_device
 from edmgrid.engine.progress import Progress
 from edmgrid.errors import EdmgridError
 from edmgrid.files import atomic_write
@@ -48,18 +49,6 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key if key in LABELS else f"{prefix}{key}"] = value
     return out
-
-
-def device_name() -> str:
-    """'cuda:<visible ids> (<gpu name>)' on a GPU worker, else 'cpu'."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible:
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda:{visible} ({torch.cuda.get_device_name(0)})"
-        return f"cuda:{visible}"
-    return "cpu"
 
 
 class Trainer(Protocol):
@@ -147,6 +136,7 @@ def run_job(task: Task, store: Store, progress: Progress | None = None) -> dict[
     row = _row(task)
     start, started_at = time.perf_counter(), datetime.now(UTC)
     try:
+        worker_device()  # a worker pinned to a GPU it cannot use fails here, saying why
         if task.kind == "train":
             row.update(task.trainer.train(task.job, store.cache, progress, task.gpus))
         else:
