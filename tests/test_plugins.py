@@ -372,3 +372,12 @@ def test_the_examples_of_docs_extending_register_and_sample_a_training_batch(
     assert bool((model.loss_weight(sigma) > 4).all())
     steps = job.sampler.timesteps.sigma_steps(job.sampler.schedule, 0.002, 80.0)
     assert float(steps[0]) == 80.0 and float(steps[-1]) == pytest.approx(0.002)
+
+
+def test_plugin_option_of_show_loads_a_module_from_the_spaces_folder(tmp_path, cli, registries):
+    shutil.copytree(EXAMPLE / "my_lab", tmp_path / "my_lab")
+    space = tmp_path / "space.yaml"
+    space.write_text((EXAMPLE / "space.yaml").read_text().replace("plugins: [my_lab.choices]", ""))
+    assert cli("show", space).code == 2  # kutta3 is unknown without the plugin
+    shown = cli("show", space, "--plugin", "my_lab.choices")
+    assert shown.code == 0 and "plugin-example: 4 jobs" in shown.out
