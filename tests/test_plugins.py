@@ -19,6 +19,7 @@ from conftest import ROOT
 from edmgrid.config import plugins
 from edmgrid.config.axes import all_registries
 from edmgrid.config.job import JobSpec
+from edmgrid.run.store import Store
 
 EXAMPLE = ROOT / "examples" / "plugin"
 
@@ -57,7 +58,7 @@ def test_example_plugin_space_runs_end_to_end_and_an_edited_plugin_reruns_its_jo
     first = edmgrid("run", "space.yaml", "-w", "1", cwd=here)
     assert first["code"] == 0, first["err"]
     query = "select solver, schedule, schedule_p, solver_plugin, nfe, ode_error, job_id from runs"
-    rows = json.loads(edmgrid("sql", query, "--format", "json", cwd=here)["out"])
+    rows = Store(here / "results").query(query).to_dict("records")
     assert len(rows) == 4
     assert {r["nfe"] for r in rows if r["solver"] == "kutta3"} == {3 * 8 - 2}  # measured
     assert {r["nfe"] for r in rows if r["solver"] == "heun"} == {2 * 8 - 1}
@@ -67,6 +68,9 @@ def test_example_plugin_space_runs_end_to_end_and_an_edited_plugin_reruns_its_jo
     error = {(r["solver"], r["schedule"]): r["ode_error"] for r in rows}
     for schedule in ("linear", "power"):  # third order beats second at 8 steps
         assert error["kutta3", schedule] < error["heun", schedule] / 10
+    kutta3 = next(r["job_id"] for r in rows if r["solver"] == "kutta3")
+    drawn = edmgrid("samples", kutta3, "--n", "4", "--out", "grid.png", cwd=here)
+    assert drawn["code"] == 0 and (here / "grid.png").exists(), drawn["err"]  # plugin reloaded
     again = edmgrid("run", "space.yaml", cwd=here)
     assert again["code"] == 0 and "│ 0    │ 4 " in again["out"]  # nothing re-ran
     with (here / "my_lab" / "choices.py").open("a") as f:
@@ -74,7 +78,7 @@ def test_example_plugin_space_runs_end_to_end_and_an_edited_plugin_reruns_its_jo
     edited = edmgrid("run", "space.yaml", "-x", "serial", cwd=here)
     # the jobs with a choice of the plugin re-run; heun on linear uses none and is kept
     assert edited["code"] == 0 and "│ 3    │ 1 " in edited["out"], edited["out"]
-    ids = json.loads(edmgrid("sql", query, "--format", "json", cwd=here)["out"])
+    ids = Store(here / "results").query(query).to_dict("records")
     assert len(ids) == 7 and len({r["job_id"] for r in ids}) == 7  # old rows kept apart
 
 
@@ -293,7 +297,6 @@ def test_plugin_data_model_and_metric_kinds_run_with_their_engine_implementation
     tmp_path, registries, monkeypatch, one_thread
 ):
     from edmgrid.run.jobs import Task, run_job
-    from edmgrid.run.store import Store
 
     (tmp_path / "lab_engine.py").write_text(ENGINE_PLUGIN)
     plugins.load_plugins(["lab_engine"], tmp_path)
@@ -369,3 +372,12 @@ def test_the_examples_of_docs_extending_register_and_sample_a_training_batch(
     assert bool((model.loss_weight(sigma) > 4).all())
     steps = job.sampler.timesteps.sigma_steps(job.sampler.schedule, 0.002, 80.0)
     assert float(steps[0]) == 80.0 and float(steps[-1]) == pytest.approx(0.002)
+
+
+def test_plugin_option_of_show_loads_a_module_from_the_spaces_folder(tmp_path, cli, registries):
+    shutil.copytree(EXAMPLE / "my_lab", tmp_path / "my_lab")
+    space = tmp_path / "space.yaml"
+    space.write_text((EXAMPLE / "space.yaml").read_text().replace("plugins: [my_lab.choices]", ""))
+    assert cli("show", space).code == 2  # kutta3 is unknown without the plugin
+    shown = cli("show", space, "--plugin", "my_lab.choices")
+    assert shown.code == 0 and "plugin-example: 4 jobs" in shown.out
