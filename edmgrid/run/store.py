@@ -4,12 +4,13 @@ Layout under the results directory::
 
     runs/<job_id>.parquet      one row per evaluation job (done or failed); replaced on retry
     train/<key>.parquet        one row per training (keyed by the training config's hash)
-    spaces/<space>.json        which jobs a space expanded to
+    spaces/<space>.json        which jobs a space expanded to, and their replicate indices
     logs/<id>.txt              the traceback of a failed job or training
     claims/<id>.claim          which run is executing a job right now (see run/claims.py)
     cache/                     checkpoints, reference solutions, statistics
     quarantine/                unreadable files moved out of the way, and ``quarantine.log``
-    edmgrid.duckdb             views ``runs``, ``trainings`` and ``space_jobs`` (read with duckdb)
+    edmgrid.duckdb             views ``runs``, ``trainings`` and ``space_jobs`` (read with duckdb;
+                               ``space_jobs``: space, job_id, replicate_train, replicate_eval)
 
 Every file is written by ``atomic_write`` (a ``*.tmp`` sibling renamed over it), so a killed
 process leaves at most a ``*.tmp`` file, which the next run removes. A file that cannot be read
@@ -32,6 +33,13 @@ from edmgrid.files import atomic_write, check_space_name, read_or_quarantine
 #: Statement types ``edmgrid sql`` runs (SELECT covers DESCRIBE, SHOW and SUMMARIZE);
 #: everything else may write (COPY, ATTACH, PRAGMA settings, EXPLAIN ANALYZE runs its query).
 READ_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+#: The columns of a space record the ``space_jobs`` view reads (records written before
+#: replicates existed lack the replicate lists: their indices are NULL).
+SPACE_RECORD_COLUMNS = (
+    "{space: 'VARCHAR', jobs: 'VARCHAR[]', "
+    "replicate_train: 'INTEGER[]', replicate_eval: 'INTEGER[]'}"
+)
 
 
 def space_fingerprint(text: bytes) -> str:
@@ -167,10 +175,40 @@ class Store:
         return self.root / "spaces" / f"{name}.json"
 
     def record_space(
-        self, name: str, source: str, job_ids: list[str], fingerprint: str | None = None
+        self,
+        name: str,
+        source: str,
+        job_ids: list[str],
+        fingerprint: str | None = None,
+        replicates: dict[str, tuple[int, int]] | None = None,
+        digest: str | None = None,
     ) -> None:
-        """Which jobs the space expanded to (``fingerprint``: see ``space_fingerprint``)."""
-        record = {"space": name, "source": source, "jobs": job_ids, "fingerprint": fingerprint}
+        """Which jobs the space expanded to (``fingerprint``: see ``space_fingerprint``), with
+        their (train, eval) replicate indices and the ``digest`` of the space file's text.
+
+        A name is one space: recording it from another file with other content is an
+        InputError naming both files (the same file edited, or a copy, records over it).
+        """
+        old = self.space_record(name) or {}
+        moved = old and Path(old["source"]).resolve() != Path(source).resolve()
+        if moved and digest is not None and old.get("digest") not in (None, digest):
+            raise InputError(
+                f"space name {name!r} is already recorded in {self.root} from "
+                f"{old['source']}, with other content; rename one of them or use another "
+                "--results",
+                file=source,
+                path="name",
+            )
+        indices = [(replicates or {}).get(job, (0, 0)) for job in job_ids]
+        record = {
+            "space": name,
+            "source": source,
+            "jobs": job_ids,
+            "replicate_train": [train for train, _ in indices],
+            "replicate_eval": [evaluation for _, evaluation in indices],
+            "fingerprint": fingerprint,
+            "digest": digest,
+        }
         body = json.dumps(record, indent=1)
         atomic_write(self.space_path(name), lambda tmp: tmp.write_text(body))
 
@@ -221,8 +259,10 @@ class Store:
             )
         if list((self.root / "spaces").glob("*.json")):
             stmts.append(
-                f"CREATE OR REPLACE {kind} space_jobs AS SELECT space, unnest(jobs) AS job_id "
-                f"FROM read_json('{spaces}', format = 'auto')"
+                f"CREATE OR REPLACE {kind} space_jobs AS SELECT space, unnest(jobs) AS job_id, "
+                "unnest(replicate_train) AS replicate_train, "
+                "unnest(replicate_eval) AS replicate_eval "
+                f"FROM read_json('{spaces}', columns = {SPACE_RECORD_COLUMNS})"
             )
         return stmts
 
