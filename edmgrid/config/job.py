@@ -103,7 +103,8 @@ def replicate_key(config: dict[str, Any]) -> str:
     training = stripped.get("model", {}).get("training")
     if isinstance(training, dict):
         training.pop("seed", None)
-    stripped["seeds"] = len(parse_seeds(stripped["seeds"]))
+    if "seeds" in stripped:
+        stripped["seeds"] = len(parse_seeds(stripped["seeds"]))
     return content_hash(stripped)
 
 
