@@ -429,32 +429,67 @@ def schema(
 @app.command()
 def compare(
     results: Path = RESULTS,
-    space: str | None = typer.Option(None, "--space", help="Only jobs of this space."),
-    rows: str = typer.Option("timesteps_num_steps", "--rows", help="Comma-separated row columns."),
-    cols: str = typer.Option("solver", "--cols", help="Comma-separated column columns."),
+    space: str | None = typer.Option(
+        None, "--space", help="Only jobs of this space (default: the space run last)."
+    ),
+    all_spaces: bool = typer.Option(False, "--all", help="Every row of the store, any space."),
+    rows: str = typer.Option(
+        "", "--rows", help="Comma-separated row columns (default: the settings that vary)."
+    ),
+    cols: str = typer.Option("", "--cols", help="Comma-separated column columns."),
     value: str = typer.Option("ode_error", "--value", help="Metric to show in the cells."),
+    stat: str = typer.Option(
+        "mean", "--stat", help="mean, or min: also the paper's min over the replicates."
+    ),
+    aggregate: str | None = typer.Option(
+        None,
+        "--aggregate",
+        help="mean|min: combine different configurations that share a cell (else refused).",
+    ),
+    include_trials: bool = typer.Option(
+        False, "--include-trials", help="Keep optuna-churn trial rows (study, trial, stage)."
+    ),
     fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
     plot: Path | None = typer.Option(
         None,
         "--plot",
-        help="Also draw VALUE to this PNG: against NFE, one line per sampler family (Fig. 2), "
-        "or grouped bars for Table 2 rows.",
+        help="Also draw VALUE with its intervals to this PNG: against NFE, one line per sampler "
+        "(Fig. 2), or grouped bars (ROWS groups, COLS bars).",
     ),
     allow_mixed: bool = typer.Option(
         False, "--allow-mixed", help="Allow FIDs with different n or extractor side by side."
     ),
 ) -> None:
-    """Pivot the results: ROWS × COLS → VALUE (e.g. NFE × solver → ode_error)."""
-    from edmgrid.run.compare import load_runs, pivot
+    """ROWS × COLS → VALUE: per cell the mean over replicates, n and a 95% interval.
+
+    csv and json give one record per cell (its keys, mean, n, lo, hi, min, nfe, marks); table,
+    markdown and latex the ROWS × COLS table with the legend under it.
+    """
+    from edmgrid.run.compare import compare as run_compare
     from edmgrid.run.store import Store
 
-    store = Store(results)
-    frame = pivot(store, space, _split(rows), _split(cols), value, allow_mixed=allow_mixed)
-    _print_frame(frame, fmt, title=f"{value}")
+    result = run_compare(
+        Store(results),
+        space,
+        _split(rows),
+        _split(cols),
+        value,
+        stat=stat,  # type: ignore[arg-type]
+        aggregate=aggregate,  # type: ignore[arg-type]
+        all_spaces=all_spaces,
+        include_trials=include_trials,
+        allow_mixed=allow_mixed,
+    )
+    if fmt in ("csv", "json"):
+        _print_frame(result.cells, fmt)
+    else:
+        _print_frame(result.table, fmt, title=value)
+        prefix = "% " if fmt == "latex" else ""
+        sys.stdout.write("".join(f"{prefix}{note}\n" for note in result.notes))
     if plot is not None:
-        from edmgrid.run.plots import plot_results
+        from edmgrid.run.plots import plot_comparison
 
-        kind = plot_results(load_runs(store, space), value, plot, title=space or str(results))
+        kind = plot_comparison(result, plot, title=result.space or str(results))
         sys.stderr.write(f"wrote {plot} ({kind})\n")
 
 

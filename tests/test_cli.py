@@ -102,11 +102,16 @@ def test_axes_json_lists_every_registry(cli: Callable[..., Any]) -> None:
 
 def test_compare_pivots_the_space(ran: tuple[Path, Path], cli: Callable[..., Any]) -> None:
     _, results = ran
-    result = cli("compare", "--results", results, "--space", "tiny", "--format", "csv")
+    args = ["--rows", "timesteps_num_steps", "--cols", "solver", "--format"]
+    result = cli("compare", "--results", results, "--space", "tiny", *args, "markdown")
     assert result.code == 0, result.err
     lines = result.out.strip().splitlines()
-    assert lines[0] == "timesteps_num_steps,euler,heun"
-    assert [line.split(",")[0] for line in lines[1:]] == ["2", "3"]
+    assert lines[0] == "| timesteps_num_steps | euler | heun |"
+    assert [line.split(" | ")[0] for line in lines[2:4]] == ["| 2", "| 3"]
+    cells = cli("compare", "--results", results, *args, "csv").out.strip().splitlines()
+    assert cells[0].startswith("timesteps_num_steps,solver,mean,n,lo,hi")  # the last space run
+    keys = [c.split(",")[:2] for c in cells[1:]]
+    assert keys == [[s, v] for s in "23" for v in ("euler", "heun")]
 
 
 @pytest.mark.parametrize("name", ["../x", "../../etc/passwd", "/tmp/x", "x' OR '1'='1"])

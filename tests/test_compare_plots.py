@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import PIL.Image
 import pytest
 from typer.testing import CliRunner
@@ -18,8 +18,9 @@ from edmgrid.config.job import JobSpec
 from edmgrid.engine.evaluate import draw_samples
 from edmgrid.engine.fid import quantize
 from edmgrid.errors import InputError
+from edmgrid.run.compare import compare
 from edmgrid.run.jobs import Task, flatten, run_job
-from edmgrid.run.plots import _lines, plot_results, table2_columns
+from edmgrid.run.plots import _bars, _lines, plot_comparison
 from edmgrid.run.store import Store
 
 matplotlib.use("Agg")
@@ -66,65 +67,135 @@ def test_compare_plot_draws_metric_against_nfe_and_writes_a_varied_png(tmp_path:
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # lines, markers, text
 
 
-def test_one_line_per_sampler_family_and_per_other_varying_setting(tmp_path: Path) -> None:
-    frame = pd.DataFrame([_row(0, "euler", 4), _row(1, "euler", 8), _row(2, "heun", 4),
-                          _row(3, "heun", 8, churn=40.0)])  # fmt: skip
-    fig, ax = matplotlib.pyplot.subplots()
-    _lines(ax, frame, "ode_error")
+def _figure(store: Store, **options: Any) -> tuple[Any, Any]:
+    fig, ax = plt.subplots()
+    _lines(ax, compare(store, value="ode_error", all_spaces=True, **options))
+    return fig, ax
+
+
+def test_one_line_per_sampler_and_a_legend_naming_only_what_varies(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for i, (solver, steps, churn) in enumerate(
+        [("euler", 4, 0.0), ("euler", 8, 0.0), ("heun", 4, 0.0), ("heun", 8, 40.0)]
+    ):
+        store.write(_row(i, solver, steps, churn))
+    fig, ax = _figure(store)
     _, labels = ax.get_legend_handles_labels()
-    assert labels == [
-        "euler/edm/linear/none solver_S_churn=0.0",
-        "heun/edm/linear/none solver_S_churn=0.0",
-        "heun/edm/linear/none solver_S_churn=40.0",
-    ]
-    (euler, *_) = ax.get_lines()
+    assert labels == ["euler solver_S_churn=0.0", "heun solver_S_churn=0.0",
+                      "heun solver_S_churn=40.0"]  # fmt: skip
+    euler = ax.get_lines()[0]
     assert euler.get_xdata().tolist() == [4.0, 8.0]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    matplotlib.pyplot.close(fig)
+    assert sorted(ax.get_xticks()) == [4.0, 7.0, 8.0, 15.0]  # the NFEs measured
+    plt.close(fig)
 
 
 def test_line_labels_leave_out_parameters_a_choice_does_not_have(tmp_path: Path) -> None:
-    rows = [_row(0, "heun", 4)]
+    store = Store(tmp_path)
+    store.write(_row(0, "heun", 4))
     for order in (2, 3):
         solver = {"name": "dpmpp", "order": order}
-        config = json.dumps({"sampler": {"solver": solver}})
-        rows.append({**rows[0], "solver": "dpmpp", "solver_order": order, "config_json": config})
-    fig, ax = matplotlib.pyplot.subplots()
-    _lines(ax, pd.DataFrame(rows), "ode_error")
+        config = {"sampler": {"solver": solver, "timesteps": {"name": "edm", "num_steps": 4}}}
+        store.write({**_row(order, "heun", 4), **flatten(config), "nfe": 4.0,
+                     "config_json": json.dumps(config)})  # fmt: skip
+    fig, ax = _figure(store, rows=["timesteps_num_steps"], cols=["solver", "solver_order"])
     _, labels = ax.get_legend_handles_labels()
-    assert labels == [
-        "dpmpp/edm/linear/none solver_order=2.0",
-        "dpmpp/edm/linear/none solver_order=3.0",
-        "heun/edm/linear/none",  # not "solver_order=nan"
-    ]
-    matplotlib.pyplot.close(fig)
+    assert labels == ["dpmpp solver_order=2", "dpmpp solver_order=3", "heun"]  # no "order=nan"
+    plt.close(fig)
 
 
-def test_table2_rows_become_grouped_bars(tmp_path: Path) -> None:
-    rows = [
-        {"config": c, "family": f, "fid": 2.0 + i / 10, "config_json": "{}"}
-        for i, (c, f) in enumerate((c, f) for c in "ABCDEF" for f in ("vp", "ve"))
-    ]
-    frame = pd.DataFrame(rows)
-    assert table2_columns(frame) == ("config", "family")
-    assert table2_columns(frame.rename(columns={"config": "x"})) is None
+def _sampler_rows(
+    i: int, sampler: tuple[str, ...], steps: int, sigmas: tuple[float, float], errors: list[float]
+) -> list[dict[str, Any]]:
+    """Replicates (seed ranges) of one sampler at one step count, over σ range ``sigmas``."""
+    solver, timesteps, schedule, scaling = sampler
+    edm = {"sigma_max": sigmas[1]} if timesteps == "edm" else {}
+    sampler_config = {
+        "solver": {"name": solver},
+        "timesteps": {"name": timesteps, "num_steps": steps, **edm},
+        "schedule": {"name": schedule},
+        "scaling": {"name": scaling},
+    }
+    config = {"sampler": sampler_config}
+    rows = []
+    for r, error in enumerate(errors):
+        seeded = {**config, "seeds": f"{10 * r}-{10 * r + 9}"}
+        rows.append({"job_id": f"{100 * i + r:016x}", "status": "done", **flatten(seeded),
+                     "nfe": float(steps if solver == "euler" else 2 * steps - 1),
+                     "sigma_min_used": sigmas[0], "sigma_max_used": sigmas[1],
+                     "ode_error": error, "config_json": json.dumps(seeded)})  # fmt: skip
+    return rows
+
+
+def test_original_and_edm_samplers_pair_by_sigma_range_with_error_bars(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    lines = [(("euler", "vp", "vp", "vp"), (0.0105, 152.0)),
+             (("euler", "ve", "ve", "none"), (0.02, 100.0)),
+             (("heun", "edm", "linear", "none"), (0.0105, 152.2)),
+             (("heun", "edm", "linear", "none"), (0.02, 100.0))]  # fmt: skip
+    for i, (sampler, sigmas) in enumerate(lines):
+        for steps in (4, 8):
+            for row in _sampler_rows(
+                10 * i + steps, sampler, steps, sigmas, [1 / steps, 2 / steps]
+            ):
+                store.write(row)
+    result = compare(store, value="ode_error", all_spaces=True)
+    assert result.cells["n"].tolist() == [2] * 8
+    fig, ax = plt.subplots()
+    _lines(ax, result)
+    handles, labels = ax.get_legend_handles_labels()
+    style = {label: (h.lines[0].get_color(), h.lines[0].get_linestyle())
+             for h, label in zip(handles, labels, strict=True)}  # fmt: skip
+    assert style["euler/vp"][0] == style["heun/edm timesteps_sigma_max=152.2"][0]
+    assert style["euler/ve"][0] == style["heun/edm timesteps_sigma_max=100.0"][0]
+    assert style["euler/vp"][0] != style["euler/ve"][0]  # a colour per family
+    assert style["euler/vp"][1] == "--"  # original dashed
+    assert style["heun/edm timesteps_sigma_max=100.0"][1] == "-"  # EDM solid
+    (bars,) = handles[0].lines[2]  # the error bars of the first line: the t-intervals
+    first = result.cells.iloc[0]
+    low, high = bars.get_segments()[0][:, 1]
+    assert (low, high) == pytest.approx((first["lo"], first["hi"]))
+    plt.close(fig)
+
+
+def test_table2_cells_become_grouped_bars_with_error_bars(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    i = 0
+    for c in "ABC":
+        for f in ("vp", "ve"):
+            for seed, fd in enumerate((2.0, 2.5, 3.0)):
+                model = {"kind": "trained", "config": c, "family": f, "training": {"seed": seed}}
+                config = {"model": model, "seeds": "0-9"}
+                row = {"job_id": f"{i:016x}", "status": "done", "fd": fd + i // 3, "nfe": 35.0}
+                store.write({**row, **flatten(config), "config_json": json.dumps(config)})
+                i += 1
+    result = compare(store, rows=["config"], cols=["family"], value="fd")
     out = tmp_path / "table2.png"
-    assert plot_results(frame, "fid", out, "Table 2") == "bars"
+    assert plot_comparison(result, out, "Table 2") == "bars"
     assert _pixels(out).std() > 10
+    fig, ax = plt.subplots()
+    _bars(ax, result)
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights == sorted(result.cells["mean"].round(6).tolist())
+    assert ax.get_legend().get_title().get_text() == "family"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["A", "B", "C"]
+    plt.close(fig)
 
 
 def test_compare_latex_is_a_booktabs_tabular_with_escaped_names(tmp_path: Path) -> None:
     store = Store(tmp_path / "r")
     _sweep(store)
     args = ["compare", "-r", str(store.root), "--rows", "timesteps_num_steps",
-            "--cols", "solver_S_churn", "--format", "latex"]  # fmt: skip
+            "--cols", "solver,solver_S_churn", "--format", "latex"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == r"\begin{tabular}{rrr}" and lines[1] == r"\toprule"
-    assert lines[2] == r"timesteps\_num\_steps & 0.0 & 40.0 \\"
-    # 4 steps: the mean of Euler (1/4) and Heun (1/7); churn 40 adds 0.4 to Heun.
-    assert lines[4] == r"4 & 0.1964 & 0.5429 \\" and lines[-1] == r"\end{tabular}"
+    assert lines[0] == r"\begin{tabular}{rlll}" and lines[1] == r"\toprule"
+    assert lines[2] == r"timesteps\_num\_steps & euler/0.0 & heun/0.0 & heun/40.0 \\"
+    # 4 steps: Euler 1/4, Heun 1/7; churn 40 adds 0.4 to Heun; one replicate each.
+    assert lines[4] == r"4 & 0.25 n=1 & 0.1429 n=1 & 0.5429 n=1 \\"
+    end = lines.index(r"\end{tabular}")
+    assert len(lines) > end + 1 and all(line.startswith("% ") for line in lines[end + 1 :])
 
 
 def _digits_job(tmp_path: Path, **over: Any) -> tuple[Store, JobSpec]:

@@ -31,7 +31,7 @@ from edmgrid.engine.fid import (
 )
 from edmgrid.engine.metrics import _extractor, check
 from edmgrid.errors import InputError
-from edmgrid.run.compare import pivot
+from edmgrid.run.compare import compare
 from edmgrid.run.jobs import Task, run_job
 from edmgrid.run.store import Store
 
@@ -219,13 +219,13 @@ def _fid_rows(store: Store, n: list[int], extractor: list[str]) -> None:
 def test_compare_refuses_fids_of_different_n_or_extractor_unless_allowed(tmp_path: Path) -> None:
     store = Store(tmp_path)
     _fid_rows(store, [50000, 50000], ["a", "a"])
-    table = pivot(store, None, ["nfe"], ["solver"], "fid")
-    assert table["heun"].tolist() == [2.0, 3.0]
+    cells = compare(store, None, ["nfe"], ["solver"], "fid").cells
+    assert cells["mean"].tolist() == [2.0, 3.0]
     _fid_rows(store, [50000, 2000], ["a", "a"])
     with pytest.raises(InputError, match=r"different fid_n \(2000, 50000\).*--allow-mixed"):
-        pivot(store, None, ["nfe"], ["solver"], "fid")
+        compare(store, None, ["nfe"], ["solver"], "fid")
     _fid_rows(store, [50000, 50000], ["a", "b"])
     with pytest.raises(InputError, match=r"different fid_extractor \(a, b\)"):
-        pivot(store, None, ["nfe"], ["solver"], "fid")
-    assert len(pivot(store, None, ["nfe"], ["solver"], "fid", allow_mixed=True)) == 2
-    assert len(pivot(store, None, ["nfe"], ["solver"], "fid_n")) == 2  # not a FID: no check
+        compare(store, None, ["nfe"], ["solver"], "fid")
+    assert len(compare(store, None, ["nfe"], ["solver"], "fid", allow_mixed=True).cells) == 2
+    assert len(compare(store, None, ["nfe"], ["solver"], "fid_n").cells) == 2  # not a FID

@@ -201,3 +201,51 @@ def test_seed_count_is_bounded_before_the_list_is_built() -> None:
     with pytest.raises(ValueError, match=f"more than {MAX_SEEDS}"):
         parse_seeds(f"0-{10**15}")
     assert len(parse_seeds(f"0-{MAX_SEEDS - 1}")) == MAX_SEEDS
+
+
+TRAINED = (
+    "name: rep\nbase:\n  data: {name: digits}\n  model: {preset: vp-A, budget: tiny}\n"
+    "  metrics: [{name: fd}]\n  seeds: 0-99\n"
+)
+
+
+def test_replicate_zero_is_the_job_itself_and_others_shift_training_and_eval_seeds(write) -> None:
+    plain = load_space(write(TRAINED, "plain.yaml"))
+    space = load_space(write(TRAINED + "replicates: {train: 3, eval: 2}\n"))
+    (job,) = plain.jobs
+    assert space.jobs[0].job_id == job.job_id  # replicate (0, 0): unchanged id
+    pairs = [(j.model.training.seed, j.seeds) for j in space.jobs]
+    assert pairs == [(s, e) for s in (0, 1, 2) for e in ("0-99", "100-199")]
+    assert [space.replicates[j.job_id] for j in space.jobs] == [
+        (t, e) for t in range(3) for e in range(2)
+    ]
+    # nothing else changes: same replicate key, i.e. the same configuration
+    others = [dict(j.resolved(), seeds=None) for j in space.jobs]
+    for config in others:
+        config["model"]["training"].pop("seed")
+    assert all(config == others[0] for config in others)
+
+
+def test_replicates_have_the_ids_and_indices_of_the_equivalent_grid(write) -> None:
+    replicated = load_space(write(TRAINED + "replicates: {train: 3, eval: 2}\n"))
+    grid = load_space(
+        write(
+            TRAINED + "grid:\n  model.training.seed: [0, 1, 2]\n  seeds: [0-99, 100-199]\n",
+            "grid.yaml",
+        )
+    )
+    assert [j.job_id for j in grid.jobs] == [j.job_id for j in replicated.jobs]
+    assert grid.replicates == replicated.replicates
+
+
+def test_eval_replicates_of_a_seed_list_shift_by_its_span(write) -> None:
+    text = BASE.replace("seeds: 0-1", "seeds: 0-2,5") + "name: s\nreplicates: {eval: 3}\n"
+    space = load_space(write(text))
+    assert [j.seeds for j in space.jobs] == ["0-2,5", "6-8,11", "12-14,17"]
+    assert len({j.job_id for j in space.jobs}) == 3
+
+
+def test_replicates_count_against_the_job_limit(write) -> None:
+    text = TRAINED + "grid:\n  model.preset: [vp-A, ve-A]\nreplicates: {train: 3, eval: 3}\n"
+    with pytest.raises(InputError, match="expands to 18 jobs, over the limit of 10"):
+        load_space(write(text), max_jobs=10)

@@ -4,6 +4,7 @@ read-only SQL, and checkpoints that load without running code (issues #2 and #8)
 from __future__ import annotations
 
 import ast
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -274,3 +275,50 @@ def test_every_file_and_folder_of_a_store_follows_the_umask(tmp_path: Path, mask
         name: (folder, (0o777 if folder else 0o666) & ~mask) for name, (folder, _) in modes.items()
     }
     assert modes == wanted
+
+
+def test_space_jobs_view_carries_replicate_indices_and_old_records_read_as_null(
+    tmp_path: Path,
+) -> None:
+    store = make_store(tmp_path / "r", db=False)
+    ids = ["0123456789abcdef", "fedcba9876543210"]
+    store.record_space("rep", "rep.yaml", ids, replicates={ids[1]: (2, 1)})
+    old = json.dumps({"space": "old", "jobs": [ids[0]]})  # written before replicates existed
+    (store.root / "spaces" / "old.json").write_text(old)
+    frame = store.query(
+        "SELECT space, job_id, replicate_train, replicate_eval FROM space_jobs "
+        "WHERE space IN ('rep', 'old') ORDER BY space, job_id"
+    )
+    cells = frame.astype(object).where(frame.notna(), None).values.tolist()
+    assert cells == [["old", ids[0], None, None], ["rep", ids[0], 0, 0], ["rep", ids[1], 2, 1]]
+
+
+def test_a_space_name_recorded_from_another_file_with_other_content_is_refused(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    store.record_space("s", str(tmp_path / "a.yaml"), [], digest="1" * 16)
+    store.record_space("s", str(tmp_path / "a.yaml"), [], digest="2" * 16)  # the file edited
+    store.record_space("s", str(tmp_path / "copy.yaml"), [], digest="2" * 16)  # a copy
+    with pytest.raises(InputError, match=r"'s' is already recorded .* from .*copy\.yaml") as e:
+        store.record_space("s", str(tmp_path / "b.yaml"), [], digest="3" * 16)
+    assert "b.yaml" in str(e.value)
+    assert store.space_record("s")["digest"] == "2" * 16  # type: ignore[index]
+
+
+def test_a_run_records_the_replicate_indices_of_its_jobs(tmp_path: Path) -> None:
+    from edmgrid.config.space import load_space
+    from edmgrid.run.runner import run_space
+
+    space_file = tmp_path / "rep.yaml"
+    space_file.write_text(
+        "name: rep\nbase:\n  data: {name: toy2d, n: 16}\n  metrics: [{name: fd_raw}]\n"
+        "  sampler: {timesteps: {name: edm, num_steps: 2}}\n  seeds: 0-3\n"
+        "replicates: {eval: 2}\n"
+    )
+    store = Store(tmp_path / "r")
+    assert run_space(load_space(space_file), store).ok
+    frame = store.query(
+        "SELECT seeds, replicate_eval FROM runs JOIN space_jobs USING (job_id) ORDER BY seeds"
+    )
+    assert frame.values.tolist() == [["0-3", 0], ["4-7", 1]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,6 +36,20 @@ def parse_seeds(text: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError("seeds repeat")
     return seeds
+
+
+def seed_text(seeds: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] → '0-2,5,7-8' (the inverse of ``parse_seeds`` for an ordered list)."""
+    parts: list[str] = []
+    start = prev = None
+    for seed in [*seeds, None]:
+        if prev is not None and seed == prev + 1:
+            prev = seed
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = seed
+    return ",".join(parts)
 
 
 def _check_seeds(text: str) -> str:
@@ -87,6 +102,18 @@ class JobSpec(Strict):
     @property
     def job_id(self) -> str:
         return content_hash(self.resolved())
+
+
+def replicate_key(config: dict[str, Any]) -> str:
+    """One key for the replicates of a configuration (a resolved job config): they may differ in
+    the training seed (``model.training.seed``) and in which seeds they sample, not in how many."""
+    stripped = copy.deepcopy(config)
+    training = stripped.get("model", {}).get("training")
+    if isinstance(training, dict):
+        training.pop("seed", None)
+    if "seeds" in stripped:
+        stripped["seeds"] = len(parse_seeds(stripped["seeds"]))
+    return content_hash(stripped)
 
 
 def model_settings(job: JobSpec) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""YAML spaces: ``base`` (one job) × ``grid`` (Cartesian product) × ``zip`` (lockstep lists)."""
+"""YAML spaces: ``base`` (one job) × ``grid`` (Cartesian product) × ``zip`` (lockstep lists)
+× ``replicates`` (training seeds × independent evaluation seed ranges)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
-from edmgrid.config.job import JobSpec
+from edmgrid.config.job import JobSpec, parse_seeds, replicate_key, seed_text
+from edmgrid.config.metrics import FID
+from edmgrid.config.model import TrainedModel
 from edmgrid.config.plugins import load_plugins
 from edmgrid.config.presets import PRESETS
 from edmgrid.errors import InputError
-from edmgrid.files import check_space_name
+from edmgrid.files import check_space_name, content_hash
 from edmgrid.registry import Choice, Strict
 
 #: Grids larger than this need an explicit confirmation (``--yes``).
@@ -26,8 +29,23 @@ MAX_JOBS = 2000
 #: Values a space file may hold once YAML aliases are expanded (a guard against alias bombs).
 MAX_VALUES = 100_000
 
+#: Replicates of one kind at most (the paper uses 3).
+MAX_REPLICATES = 100
+
 #: Keys that name a choice in a job config (the registries' discriminators).
 TAGS = ("name", "arch", "kind")
+
+
+class Replicates(Strict):
+    """Independent repeats of every job (issue 13), to put intervals on its metrics.
+
+    Train replicate r sets ``model.training.seed`` to the job's seed + r; eval replicate r
+    samples the job's seeds shifted by r × their span (``0-49999`` → ``50000-99999``: the
+    paper's 3 × 50k FID). Replicate 0 is the job itself, with its id.
+    """
+
+    train: int = Field(1, ge=1, le=MAX_REPLICATES)
+    eval: int = Field(1, ge=1, le=MAX_REPLICATES)
 
 
 class SpaceFile(Strict):
@@ -42,16 +60,77 @@ class SpaceFile(Strict):
     #: Modules that register choices (``edmgrid.config.plugins``), from this file's folder or
     #: the Python path.
     plugins: list[str] = Field(default_factory=list)
+    replicates: Replicates = Field(default_factory=Replicates)
 
 
 @dataclass(frozen=True)
 class Space:
-    """A validated space and its expanded, deduplicated jobs."""
+    """A validated space and its expanded, deduplicated jobs.
+
+    ``replicates`` maps each job id to its (train, eval) replicate index (``replicate_indices``);
+    ``digest`` hashes the file's text, to tell two files that share a ``name:`` apart.
+    """
 
     name: str
     source: str
     file: SpaceFile
     jobs: list[JobSpec]
+    replicates: dict[str, tuple[int, int]]
+    digest: str
+
+
+def replicate(job: JobSpec, train: int, evaluation: int) -> JobSpec:
+    """Train replicate ``train`` × eval replicate ``evaluation`` of ``job`` (see ``Replicates``);
+    the configs are those a grid over ``model.training.seed`` and ``seeds`` would give."""
+    if train == evaluation == 0:
+        return job
+    config = job.resolved()
+    if train:
+        config["model"]["training"]["seed"] += train
+    if evaluation:
+        seeds = parse_seeds(job.seeds)
+        span = max(seeds) - min(seeds) + 1
+        config["seeds"] = seed_text([s + evaluation * span for s in seeds])
+    return JobSpec.model_validate(config)
+
+
+def replicate_indices(jobs: list[JobSpec]) -> dict[str, tuple[int, int]]:
+    """{job id: (train, eval)}: among the jobs that are replicates of one configuration
+    (``replicate_key``), the rank of the job's training seed and of its first seed.
+
+    So ``replicates: {train: 3}`` and a grid over ``model.training.seed: [0, 1, 2]`` give the
+    same indices; a job alone in its configuration is (0, 0).
+    """
+    groups: dict[str, list[JobSpec]] = {}
+    for job in jobs:
+        groups.setdefault(replicate_key(job.resolved()), []).append(job)
+    out: dict[str, tuple[int, int]] = {}
+    for group in groups.values():
+        train = sorted({_training_seed(j) for j in group})
+        first = sorted({min(j.seed_list) for j in group})
+        for j in group:
+            out[j.job_id] = (train.index(_training_seed(j)), first.index(min(j.seed_list)))
+    return out
+
+
+def _training_seed(job: JobSpec) -> int:
+    return job.model.training.seed if isinstance(job.model, TrainedModel) else 0
+
+
+def _check_replicates(job: JobSpec, wanted: Replicates) -> tuple[str, str] | None:
+    """(field, reason) when ``job`` cannot be replicated as ``wanted``."""
+    if wanted.train > 1 and not isinstance(job.model, TrainedModel):
+        return "replicates.train", (
+            f"training replicates need a trained model (model.kind: trained), not "
+            f"{job.model.kind!r}; drop replicates.train or train the model"
+        )
+    paper = any(isinstance(m, FID) and m.protocol == "paper" for m in job.metrics)
+    if wanted.eval > 1 and paper:
+        return "replicates.eval", (
+            "fid protocol 'paper' already samples 3 seed ranges; use protocol 'single' with "
+            "replicates.eval: 3 (compare --stat min gives the paper's min of 3)"
+        )
+    return None
 
 
 def set_path(config: dict[str, Any], path: str, value: Any) -> None:
@@ -118,7 +197,8 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def expand(file: SpaceFile, max_jobs: int | None = None) -> list[dict[str, Any]]:
     """The raw job configs of a space, in grid order (later keys vary fastest).
 
-    The size of the product is checked against ``max_jobs`` before anything is built.
+    The size of the product (times the replicates) is checked against ``max_jobs`` before
+    anything is built.
     """
     factors: list[list[list[tuple[str, Any]]]] = []
     for path, values in file.grid.items():
@@ -135,11 +215,11 @@ def expand(file: SpaceFile, max_jobs: int | None = None) -> list[dict[str, Any]]
         factors.append(
             [list(zip(group, row, strict=True)) for row in zip(*group.values(), strict=True)]
         )
-    count = math.prod(len(f) for f in factors)
+    count = math.prod(len(f) for f in factors) * file.replicates.train * file.replicates.eval
     if max_jobs is not None and count > max_jobs:
         raise InputError(
             f"the grid expands to {count} jobs, over the limit of {max_jobs}; "
-            "pass --yes to run it anyway, or shrink grid and zip"
+            "pass --yes to run it anyway, or shrink grid, zip and replicates"
         )
     configs = []
     for combo in itertools.product(*factors):
@@ -304,7 +384,8 @@ def load_space(
     ``plugins`` (``--plugin``) are loaded with those the file names, before its jobs validate.
     """
     path = Path(path)
-    raw, lines = parse_yaml(read_text(path), str(path))
+    text = read_text(path)
+    raw, lines = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise InputError("a space must be a mapping with name, base, grid", file=str(path))
     try:
@@ -342,8 +423,25 @@ def load_space(
                 line=lines.find(*_sources(where, file)),
                 path=where,
             )
-        jobs.setdefault(job.job_id, job)
-    return Space(name=file.name, source=str(path), file=file, jobs=list(jobs.values()))
+        problem = _check_replicates(job, file.replicates)
+        if problem is not None:
+            where, reason = problem
+            raise InputError(
+                f"{reason} (job {i})", file=str(path), line=lines.find(where), path=where
+            )
+        for r_train in range(file.replicates.train):
+            for r_eval in range(file.replicates.eval):
+                copy_ = replicate(job, r_train, r_eval)
+                jobs.setdefault(copy_.job_id, copy_)
+    unique = list(jobs.values())
+    return Space(
+        name=file.name,
+        source=str(path),
+        file=file,
+        jobs=unique,
+        replicates=replicate_indices(unique),
+        digest=content_hash(text),
+    )
 
 
 def _sources(where: str, file: SpaceFile) -> list[str]:

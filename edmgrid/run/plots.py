@@ -1,11 +1,11 @@
-"""Pictures of results: metric against NFE (Fig. 2 style), Table 2 bars, and sample grids.
+"""Pictures of results: a ``compare`` table as metric against NFE (Fig. 2 style) or as grouped
+bars (Table 2), with the cells' intervals as error bars; and sample grids.
 
 matplotlib is imported inside the functions, with the Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,15 +15,16 @@ from torch import Tensor
 
 from edmgrid.engine.data import Dataset
 from edmgrid.engine.fid import quantize
-from edmgrid.errors import InputError
-from edmgrid.run.jobs import flatten
+from edmgrid.run.compare import Comparison
 
-#: A sampler family of Fig. 2: one line per solver, discretisation, σ(t) and s(t).
-FAMILY = ("solver", "timesteps", "schedule", "scaling")
+#: The sampler columns of a line; the EDM sampler's values of them (Table 1, last column).
+SAMPLER = ("solver", "timesteps", "schedule", "scaling")
+EDM_SAMPLER = ("heun", "edm", "linear", "none")
 #: The column of the x axis and the config column it follows from.
 NFE, STEPS = "nfe", "timesteps_num_steps"
-#: The (configuration, family) columns that mark Table 2 rows.
-TABLE2 = ("config", "family")
+#: An original sampler and the EDM sampler are one family (one colour) when their σ ranges
+#: (σ_min, σ_max used) agree within this factor at both ends.
+SAME_RANGE = 1.25
 
 
 def _pyplot() -> Any:
@@ -48,29 +49,20 @@ def _plain_numbers(mantissas: tuple[int, ...] | None = None) -> Any:
     return FuncFormatter(label)
 
 
-def table2_columns(frame: Any) -> tuple[str, str] | None:
-    """The (configuration, family) columns of Table 2 rows ("A".."F", "vp"/"ve"), if any."""
-    config, family = TABLE2
-    if config in frame.columns and family in frame.columns and frame[config].notna().any():
-        return TABLE2
-    return None
-
-
-def plot_results(frame: Any, value: str, out: Path, title: str) -> str:
-    """Write ``value`` as Table 2 bars or as lines over NFE to ``out``; return which."""
-    frame = frame[frame[value].notna()]
-    if frame.empty:
-        raise InputError(f"no done rows have a value of {value!r} to plot")
-    pair = table2_columns(frame)
+def plot_comparison(result: Comparison, out: Path, title: str) -> str:
+    """Draw a ``compare`` result with its intervals as error bars to ``out``; return which kind:
+    ``lines`` over measured NFE when the cells' NFE varies (one line per combination of the
+    other keys, Fig. 2), else ``bars`` (ROWS groups, COLS bars; Table 2)."""
+    cells = result.cells
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     try:
-        if pair is not None:
-            _bars(ax, frame, value, *pair)
-            kind = "bars"
-        else:
-            _lines(ax, frame, value)
+        if NFE in cells.columns and cells[NFE].nunique() > 1:
+            _lines(ax, result)
             kind = "lines"
+        else:
+            _bars(ax, result)
+            kind = "bars"
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         fig.tight_layout()
@@ -82,65 +74,128 @@ def plot_results(frame: Any, value: str, out: Path, title: str) -> str:
     return kind
 
 
-def _config_columns(frame: Any) -> list[str]:
-    """The flattened config columns of the rows (from their stored ``config_json``)."""
-    keys: dict[str, None] = {}
-    for text in frame["config_json"].dropna():
-        keys.update(dict.fromkeys(flatten(json.loads(text))))
-    return [k for k in keys if k in frame.columns]
+def _errors(cells: Any) -> np.ndarray:
+    """[2, n] distances from the means to the interval ends (0 where a cell has none)."""
+    low = (cells["mean"] - cells["lo"]).to_numpy(dtype=float)
+    high = (cells["hi"] - cells["mean"]).to_numpy(dtype=float)
+    return np.nan_to_num(np.stack([low, high]))
 
 
-def _lines(ax: Any, frame: Any, value: str) -> None:
-    """One line per sampler family (and per any other config column that varies) over NFE."""
-    if NFE not in frame.columns:
-        raise InputError(f"cannot plot {value} against NFE: the rows have no {NFE!r} column")
-    varying = [
-        c
-        for c in _config_columns(frame)
-        if c not in (*FAMILY, STEPS) and frame[c].astype(str).nunique() > 1
+def _labels(keys: list[str], parts: list[dict[str, Any]]) -> list[str]:
+    """One label per line naming only the keys that vary among the lines (sampler choices by
+    value, ``a/b``; other keys as ``k=v``); a value a line does not have is left out."""
+    varying = [k for k in keys if len({str(p[k]) for p in parts}) > 1]
+    labels = []
+    for p in parts:
+        shown = [k for k in varying if str(p[k]) != "default"]
+        names = "/".join(str(p[k]) for k in shown if k in SAMPLER)
+        rest = ", ".join(f"{k}={p[k]}" for k in shown if k not in SAMPLER)
+        labels.append(" ".join(filter(None, [names, rest])) or "all")
+    return labels
+
+
+def _families(lines: list[tuple[dict[str, Any], Any]]) -> list[tuple[int, bool]]:
+    """(colour index, is the EDM sampler) per line: an original sampler takes the colour of the
+    EDM sampler line whose σ range agrees with its own (``SAME_RANGE``), as in Fig. 2."""
+
+    def value(parts: dict[str, Any], rows: Any, column: str) -> Any:
+        return (
+            parts[column] if column in parts else rows[column].iloc[0] if column in rows else None
+        )
+
+    def span(rows: Any) -> tuple[float, float] | None:
+        if not {"sigma_min_used", "sigma_max_used"} <= set(rows.columns):
+            return None
+        lo, hi = rows["sigma_min_used"].median(), rows["sigma_max_used"].median()
+        return (float(lo), float(hi)) if lo > 0 and hi > 0 else None
+
+    edm = [tuple(value(p, r, c) for c in SAMPLER) == EDM_SAMPLER for p, r in lines]
+    spans = [span(rows) for _, rows in lines]
+    colours = list(range(len(lines)))
+    if any(edm) and not all(edm):
+        limit = math.log(SAME_RANGE)
+        for i, line_span in enumerate(spans):
+            if edm[i] or line_span is None:
+                continue
+            for j, other in enumerate(spans):
+                if edm[j] and other is not None:
+                    gaps = [abs(math.log(a / b)) for a, b in zip(line_span, other, strict=True)]
+                    if max(gaps) <= limit:
+                        colours[i] = j
+    order = {c: k for k, c in enumerate(dict.fromkeys(colours))}
+    return [(order[c], e) for c, e in zip(colours, edm, strict=True)]
+
+
+def _lines(ax: Any, result: Comparison) -> None:
+    """Mean ± interval over measured NFE, one line per combination of the keys other than the
+    step count; ticks at the NFEs measured."""
+    cells = result.cells[result.cells[NFE].notna()]
+    keys = [k for k in [*result.rows, *result.cols] if k not in (STEPS, NFE)]
+    groups = list(cells.groupby(keys, sort=True)) if keys else [((), cells)]
+    lines = [
+        (dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True)), rows.sort_values(NFE))
+        for k, rows in groups
     ]
-    keys = [c for c in FAMILY if c in frame.columns] + varying
-    groups = frame.groupby(keys, dropna=False, sort=True) if keys else [((), frame)]
-    for key, rows in groups:
-        parts = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
-        label = "/".join(str(parts[c]) for c in keys if c in FAMILY)
-        extra = ", ".join(f"{c}={parts[c]}" for c in varying if not _missing(parts[c]))
-        curve = rows.groupby(NFE)[value].mean().sort_index()
-        ax.plot(curve.index, curve.values, marker="o", label=f"{label} {extra}".strip())
+    labels = _labels(keys, [parts for parts, _ in lines])
+    for (_, rows), label, (colour, edm) in zip(lines, labels, _families(lines), strict=True):
+        ax.errorbar(
+            rows[NFE], rows["mean"], yerr=_errors(rows), marker="o", markersize=4, capsize=3,
+            color=f"C{colour % 10}", linestyle="-" if edm else "--", label=label,
+        )  # fmt: skip
+    from matplotlib.ticker import NullLocator
+
     plain = _plain_numbers()
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(cells[NFE].unique()))
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(plain)
-    low, high = frame[value].min(), frame[value].max()
+    low = np.nanmin(np.where(cells["lo"].notna(), cells["lo"], cells["mean"]))
+    high = cells["mean"].max()
     if low > 0:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(plain)
         few = None if high < 10 * low else (2, 3, 5)  # within a decade: label every tick
         ax.yaxis.set_minor_formatter(_plain_numbers(mantissas=few))
-    ax.set_xlabel("NFE")
-    ax.set_ylabel(value)
-    legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    legend.set_in_layout(False)  # beside the axes, which keep their size; the saved image grows
+    ax.set_xlabel("NFE (measured)")
+    ax.set_ylabel(f"{result.value} (mean, 95% interval)")
+    if len(lines) > 1:
+        legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        legend.set_in_layout(False)  # beside the axes, which keep their size; the image grows
 
 
-def _missing(value: Any) -> bool:
-    """A parameter the row's choice does not have (NaN/NA in the pivoted frame)."""
-    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "<NA>"
-
-
-def _bars(ax: Any, frame: Any, value: str, config: str, family: str) -> None:
-    """Grouped bars: one group per configuration, one bar per family (Table 2 layout)."""
-    table = frame.pivot_table(index=config, columns=family, values=value, aggfunc="mean")
-    width = 0.8 / max(len(table.columns), 1)
-    x = np.arange(len(table.index))
-    for i, name in enumerate(table.columns):
-        heights = table[name].to_numpy()
-        bars = ax.bar(x + (i - (len(table.columns) - 1) / 2) * width, heights, width, label=name)
-        ax.bar_label(bars, labels=[f"{h:.3g}" if np.isfinite(h) else "" for h in heights],
-                     fontsize=7)  # fmt: skip
-    ax.set_xticks(x, [str(c) for c in table.index])
-    ax.set_xlabel(f"configuration ({config})")
-    ax.set_ylabel(value)
-    ax.legend(title=family, fontsize=8)
+def _bars(ax: Any, result: Comparison) -> None:
+    """Grouped bars with error bars: ROWS groups, COLS bars (without COLS: the last key)."""
+    rows, cols = result.rows, result.cols
+    if not cols:
+        rows, cols = rows[:-1], rows[-1:]
+    cells = result.cells
+    groups = list(cells.groupby(rows, sort=True)) if rows else [((), cells)]
+    bars = list(dict.fromkeys(tuple(r[c] for c in cols) for _, r in cells.iterrows()))
+    width = 0.8 / max(len(bars), 1)
+    x = np.arange(len(groups))
+    for i, bar in enumerate(bars):
+        chosen = cells[
+            np.logical_and.reduce([cells[c] == v for c, v in zip(cols, bar, strict=True)])
+        ]
+        index = {tuple(r[c] for c in rows): k for k, (_, r) in enumerate(chosen.iterrows())}
+        heights = np.full(len(groups), np.nan)
+        errors = np.zeros((2, len(groups)))
+        for g, (key, _) in enumerate(groups):
+            k = index.get(key if isinstance(key, tuple) else (key,))
+            if k is not None:
+                heights[g] = chosen["mean"].iloc[k]
+                errors[:, g] = _errors(chosen.iloc[[k]])[:, 0]
+        label = "/".join(map(str, bar)) if bar else result.value
+        drawn = ax.bar(x + (i - (len(bars) - 1) / 2) * width, heights, width, yerr=errors,
+                       capsize=3, label=label)  # fmt: skip
+        ax.bar_label(drawn, labels=[f"{h:.3g}" if np.isfinite(h) else "" for h in heights],
+                     fontsize=7, padding=2)  # fmt: skip
+    names = ["/".join(map(str, k if isinstance(k, tuple) else (k,))) for k, _ in groups]
+    ax.set_xticks(x, names)
+    ax.set_xlabel("/".join(rows))
+    ax.set_ylabel(f"{result.value} (mean, 95% interval)")
+    if len(bars) > 1:
+        ax.legend(title="/".join(cols), fontsize=8)
 
 
 def save_samples(samples: Tensor, dataset: Dataset, out: Path, title: str) -> None:

@@ -381,7 +381,9 @@ def run_space(
     show = sys.stdout.isatty() if show_progress is None else show_progress
     with active_run(store.root), Claims(store.root) as claims, _sigterm_interrupts():
         job_ids = [j.job_id for j in space.jobs]
-        store.record_space(space.name, space.source, job_ids, fingerprint)
+        store.record_space(
+            space.name, space.source, job_ids, fingerprint, space.replicates, space.digest
+        )
         the_plan = plan(
             space,
             store,

@@ -4,14 +4,15 @@ Layout under the results directory::
 
     runs/<job_id>.parquet      one row per evaluation job (done or failed); replaced on retry
     train/<key>.parquet        one row per training (keyed by the training config's hash)
-    spaces/<space>.json        which jobs a space expanded to
+    spaces/<space>.json        which jobs a space expanded to, and their replicate indices
     logs/<id>.txt              the traceback of a failed job or training
     claims/<id>.claim          which run is executing a job right now (see run/claims.py)
     cache/                     checkpoints, snapshots, training logs (engine/train.py),
                                reference solutions, statistics
     quarantine/                unreadable files moved out of the way, and ``quarantine.log``
     edmgrid.duckdb             views ``runs``, ``trainings``, ``train_log`` (a training's ticks)
-                               and ``space_jobs`` (read with duckdb)
+                               and ``space_jobs`` (space, job_id, replicate_train,
+                               replicate_eval); read with duckdb
 
 Every file is written by ``atomic_write`` (a ``*.tmp`` sibling renamed over it), so a killed
 process leaves at most a ``*.tmp`` file, which the next run removes. A file that cannot be read
@@ -52,12 +53,24 @@ VIEW_COLUMNS = {
     },
     "trainings": {"training_key": "VARCHAR", "space": "VARCHAR", "status": "VARCHAR"},
     "train_log": {"step": "BIGINT", "kimg": "DOUBLE", "loss": "DOUBLE"},
-    "space_jobs": {"space": "VARCHAR", "job_id": "VARCHAR"},
+    "space_jobs": {
+        "space": "VARCHAR",
+        "job_id": "VARCHAR",
+        "replicate_train": "INTEGER",
+        "replicate_eval": "INTEGER",
+    },
 }
 
 #: Statement types ``edmgrid sql`` runs (SELECT covers DESCRIBE, SHOW and SUMMARIZE);
 #: everything else may write (COPY, ATTACH, PRAGMA settings, EXPLAIN ANALYZE runs its query).
 READ_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+#: The columns of a space record the ``space_jobs`` view reads (records written before
+#: replicates existed lack the replicate lists: their indices are NULL).
+SPACE_RECORD_COLUMNS = (
+    "{space: 'VARCHAR', jobs: 'VARCHAR[]', "
+    "replicate_train: 'INTEGER[]', replicate_eval: 'INTEGER[]'}"
+)
 
 
 def space_fingerprint(text: bytes) -> str:
@@ -210,10 +223,40 @@ class Store:
         return self.root / "spaces" / f"{name}.json"
 
     def record_space(
-        self, name: str, source: str, job_ids: list[str], fingerprint: str | None = None
+        self,
+        name: str,
+        source: str,
+        job_ids: list[str],
+        fingerprint: str | None = None,
+        replicates: dict[str, tuple[int, int]] | None = None,
+        digest: str | None = None,
     ) -> None:
-        """Which jobs the space expanded to (``fingerprint``: see ``space_fingerprint``)."""
-        record = {"space": name, "source": source, "jobs": job_ids, "fingerprint": fingerprint}
+        """Which jobs the space expanded to (``fingerprint``: see ``space_fingerprint``), with
+        their (train, eval) replicate indices and the ``digest`` of the space file's text.
+
+        A name is one space: recording it from another file with other content is an
+        InputError naming both files (the same file edited, or a copy, records over it).
+        """
+        old = self.space_record(name) or {}
+        moved = old and Path(old["source"]).resolve() != Path(source).resolve()
+        if moved and digest is not None and old.get("digest") not in (None, digest):
+            raise InputError(
+                f"space name {name!r} is already recorded in {self.root} from "
+                f"{old['source']}, with other content; rename one of them or use another "
+                "--results",
+                file=source,
+                path="name",
+            )
+        indices = [(replicates or {}).get(job, (0, 0)) for job in job_ids]
+        record = {
+            "space": name,
+            "source": source,
+            "jobs": job_ids,
+            "replicate_train": [train for train, _ in indices],
+            "replicate_eval": [evaluation for _, evaluation in indices],
+            "fingerprint": fingerprint,
+            "digest": digest,
+        }
         body = json.dumps(record, indent=1)
         atomic_write(self.space_path(name), lambda tmp: tmp.write_text(body))
 
@@ -278,7 +321,9 @@ class Store:
             "space_jobs": (
                 "spaces",
                 "*.json",
-                "SELECT space, unnest(jobs) AS job_id FROM read_json('{}', format = 'auto')",
+                "SELECT space, unnest(jobs) AS job_id, unnest(replicate_train) AS replicate_train, "
+                "unnest(replicate_eval) AS replicate_eval "
+                f"FROM read_json('{{}}', columns = {SPACE_RECORD_COLUMNS})",
             ),
         }
         stmts = []
