@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from fake_training import toy_space
 
 import edmgrid
 from edmgrid.run import provenance
@@ -21,21 +22,10 @@ from edmgrid.run.store import Store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = """name: tiny
-base:
-  data: {name: toy2d, n: 16}
-  metrics: [{name: ode_error, reference_steps: 4}]
-  seeds: 0-1
-  sampler: {timesteps: {name: edm}}
-grid:
-  sampler.timesteps.num_steps: [2, 3]
-"""
-
 
 @pytest.fixture
 def ran(tmp_path: Path, cli: Callable[..., Any]) -> tuple[Path, Store]:
-    space = tmp_path / "tiny.yaml"
-    space.write_text(TINY)
+    space = Path(toy_space(tmp_path, "tiny", {"sampler.timesteps.num_steps": [2, 3]}).source)
     store = Store(tmp_path / "results")
     assert cli("run", space, "-r", store.root, "-x", "serial").code == 0
     return space, store

@@ -331,7 +331,8 @@ class Store:
             columns = ", ".join(f"NULL::{t} AS {c}" for c, t in VIEW_COLUMNS[view].items())
             empty = f"SELECT {columns} WHERE false"
             if list((self.root / folder).glob(pattern)):
-                body = f"{select.replace('{}', f'{prefix}{folder}/{pattern}')} UNION ALL BY NAME {empty}"
+                files = f"{prefix}{folder}/{pattern}"
+                body = f"{select.replace('{}', files)} UNION ALL BY NAME {empty}"
             else:
                 body = empty
             stmts.append(f"CREATE OR REPLACE {kind} {view} AS {body}")
