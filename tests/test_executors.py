@@ -68,7 +68,7 @@ def test_impossible_device_requests_are_spec_errors(
 
 
 def test_unknown_executor_is_a_spec_error() -> None:
-    with pytest.raises(InputError, match="valid: serial, local, ray"):
+    with pytest.raises(InputError, match="valid: local, ray, serial"):
         make_executor("threads")
 
 
@@ -162,7 +162,7 @@ def test_the_progress_display_shows_a_workers_job_and_its_running_loss():
 def test_a_worker_caps_torch_and_numpy_blas_at_its_threads():
     """numpy's OpenBLAS takes a thread per core unless capped: 2 workers would share 4."""
     probe = (
-        "import sys, threadpoolctl, torch; from edmgrid.run.executors import _limit_threads; "
+        "import sys, threadpoolctl, torch; from edmgrid.run.executors.local import _limit_threads; "
         "_limit_threads(int(sys.argv[1])); "
         "pools = {p['num_threads'] for p in threadpoolctl.threadpool_info()}; "
         "print(torch.get_num_threads(), *pools)"
