@@ -53,10 +53,14 @@ class FakeTrainer:
     def checkpoint(self, cache_dir: Path, key: str) -> Path:
         return cache_dir / "checkpoints" / f"{key}.pt"
 
-    def train(self, job: JobSpec, cache_dir: Path, progress: Progress | None) -> dict[str, Any]:
+    def train(
+        self, job: JobSpec, cache_dir: Path, progress: Progress | None, devices: int = 1
+    ) -> dict[str, Any]:
         key = self.key(job)
         assert key is not None
-        path, row = self.checkpoint(cache_dir, key), {"images": 1000, "final_loss": 0.25}
+        path = self.checkpoint(cache_dir, key)
+        row = {"images": 1000, "final_loss": 0.25, "devices": devices}
+        row["threads"] = torch.get_num_threads()
         if load_cached(path, cache_dir) is not None:
             return {**row, "cached": True}
         self.note(f"{key} {os.getpid()}")

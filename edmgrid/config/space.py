@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from edmgrid.config.job import JobSpec
 from edmgrid.config.presets import PRESETS
+from edmgrid.config.slurm import SlurmSettings
 from edmgrid.errors import InputError
 from edmgrid.files import check_space_name
 from edmgrid.registry import Choice, Strict
@@ -38,6 +39,7 @@ class SpaceFile(Strict):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     zip: list[dict[str, list[Any]]] = Field(default_factory=list)
     search: dict[str, Any] | None = None
+    slurm: SlurmSettings | None = None
 
 
 @dataclass(frozen=True)

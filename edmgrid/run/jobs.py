@@ -75,8 +75,11 @@ class Trainer(Protocol):
         ``torch.save`` file (``Store.has_checkpoint`` checks it is whole)."""
         ...
 
-    def train(self, job: JobSpec, cache_dir: Path, progress: Progress | None) -> dict[str, Any]:
-        """Train the job's model (writing its checkpoint atomically); returns row columns."""
+    def train(
+        self, job: JobSpec, cache_dir: Path, progress: Progress | None, devices: int = 1
+    ) -> dict[str, Any]:
+        """Train the job's model on ``devices`` devices (the visible GPUs, else as many CPU
+        processes), writing its checkpoint atomically; returns row columns."""
         ...
 
 
@@ -94,9 +97,12 @@ class EngineTrainer:
 
         return checkpoint_path(cache_dir, key)
 
-    def train(self, job: JobSpec, cache_dir: Path, progress: Progress | None) -> dict[str, Any]:
+    def train(
+        self, job: JobSpec, cache_dir: Path, progress: Progress | None, devices: int = 1
+    ) -> dict[str, Any]:
         from edmgrid.engine.train import train
 
+        # one device until engine/train.py trains data-parallel: then train(..., devices=devices)
         return train(job, cache_dir, progress)
 
 
@@ -111,6 +117,7 @@ class Task:
     space: str
     training_key: str | None = None
     trainer: Trainer = field(default_factory=EngineTrainer)
+    #: Devices a training holds (``--train-gpus``); the executor provides them.
     gpus: int = 1
     #: Columns added to an evaluation's row (``optuna-churn``'s ``study``, ``trial``, ``stage``).
     extra: dict[str, Any] = field(default_factory=dict)
@@ -143,7 +150,7 @@ def run_job(task: Task, store: Store, progress: Progress | None = None) -> dict[
     start, started_at = time.perf_counter(), datetime.now(UTC)
     try:
         if task.kind == "train":
-            row.update(task.trainer.train(task.job, store.cache, progress))
+            row.update(task.trainer.train(task.job, store.cache, progress, devices=task.gpus))
         else:
             from edmgrid.engine.evaluate import evaluate
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class WorkerSlot:
-    """One local worker: the GPU it sees (None: CPU only) and its torch threads."""
+    """One local worker: the GPUs it sees (ids, comma-separated: several only for a training
+    of ``--train-gpus`` K; None: CPU only) and its torch threads."""
 
     index: int
     cuda: str | None
@@ -98,7 +99,7 @@ def _watch_driver(driver: int) -> None:
     threading.Thread(target=watch, name="edmgrid-driver-watch", daemon=True).start()
 
 
-def _limit_threads(threads: int) -> None:
+def limit_threads(threads: int) -> None:
     """Cap torch's and numpy's BLAS thread pools at the worker's share of the cores.
 
     numpy's OpenBLAS otherwise starts a thread per core in every worker, and its threads
@@ -120,7 +121,7 @@ def _worker(slot: WorkerSlot, root: str, tasks: Any, events: Any, driver: int) -
         os.environ["CUDA_VISIBLE_DEVICES"] = slot.cuda
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _watch_driver(driver)
-    _limit_threads(slot.threads)
+    limit_threads(slot.threads)
     events.send(Event(slot.index, "", "ready"))
     while (task := tasks.recv()) is not None:
         row = execute(task, root, slot.index, events.send)
@@ -147,6 +148,11 @@ class LocalExecutor(Executor):
 
     Each worker has its own pair of pipes, written synchronously: a worker that dies (killed,
     out of memory) can only break its own channel, never a lock another worker needs.
+
+    A training of K > 1 devices (``Task.gpus``) submitted to worker w holds K devices: w's and
+    the next K - 1 (idle ones first; on a CPU machine each worker is a device), with every
+    worker on them, which take no task meanwhile. Once their running tasks are done it runs
+    in a process of its own that sees the K GPUs (on CPU: with the threads of those workers).
     """
 
     name = "local"
@@ -163,6 +169,9 @@ class LocalExecutor(Executor):
         self.devices, self.n_workers, self.threads, self.gpus = devices, workers, threads, gpus
         self.workers: dict[int, _Process] = {}
         self.busy: dict[int, Task] = {}
+        self.held: dict[int, int] = {}  # worker → the worker whose K-device training holds it
+        self.pending: dict[int, Task] = {}  # K-device trainings waiting for their workers
+        self.trainers: dict[int, _Process] = {}  # their processes, by worker
 
     def open(self, root: Path, emit: Emit) -> None:
         import multiprocessing
@@ -179,7 +188,17 @@ class LocalExecutor(Executor):
         return assign_devices(self.devices, self.n_workers, self.gpus(), cpus, self.threads)
 
     def free(self) -> list[int]:
-        return [s.index for s in self.slots if s.index not in self.busy]
+        return [s.index for s in self.slots if s.index not in self.busy | self.held.keys()]
+
+    def _units(self) -> dict[int, str]:
+        """The device of each worker: its GPU, or on a CPU machine the worker itself."""
+        return {s.index: s.cuda if s.cuda is not None else f"w{s.index}" for s in self.slots}
+
+    def resources(self) -> Resources:
+        gpus = any(slot.cuda is not None for slot in self.slots)
+        return Resources(
+            slots=len(self.slots), gpus=gpus, train_devices=len(set(self._units().values()))
+        )
 
     def _start(self, slot: WorkerSlot) -> _Process:
         task_r, task_w = self.ctx.Pipe(duplex=False)
@@ -196,17 +215,59 @@ class LocalExecutor(Executor):
         return _Process(proc, task_w, event_r)
 
     def submit(self, task: Task, worker: int) -> None:
+        self.check(task)
+        if task.kind == "train" and task.gpus > 1:
+            self._hold(task, worker)
+            return
         if worker not in self.workers:
             self.workers[worker] = self._start(self.slots[worker])
         self.busy[worker] = task
         with contextlib.suppress(OSError):  # a dead worker is found and reported by poll
             self.workers[worker].tasks.send(task)
 
+    def _hold(self, task: Task, worker: int) -> None:
+        """Hold ``task.gpus`` devices for a training (see the class docstring)."""
+        units, idle = self._units(), set(self.free())
+
+        def rank(unit: str) -> tuple[bool, bool]:
+            on = [i for i, u in units.items() if u == unit]
+            return unit != units[worker], not idle.issuperset(on)
+
+        chosen = sorted(dict.fromkeys(units.values()), key=rank)[: task.gpus]
+        for index, unit in units.items():
+            if unit in chosen:
+                self.held[index] = worker
+        self.busy[worker] = task
+        self.pending[worker] = task
+        self._start_trainings()
+
+    def _start_trainings(self) -> None:
+        """Start each held training whose workers have finished their tasks."""
+        for worker, task in list(self.pending.items()):
+            held = [i for i, w in self.held.items() if w == worker]
+            if any(i in self.busy and i != worker for i in held):
+                continue
+            del self.pending[worker]
+            slots = [self.slots[i] for i in held]
+            gpus = dict.fromkeys(s.cuda for s in slots if s.cuda is not None)
+            threads = sum(s.threads for s in slots)
+            process = self._start(WorkerSlot(worker, ",".join(gpus) or None, threads))
+            self.trainers[worker] = process
+            process.tasks.send(task)
+            process.tasks.send(None)  # it exits after its one task
+
+    def _release(self, worker: int) -> None:
+        """Free the workers a K-device training on ``worker`` held."""
+        self.trainers.pop(worker, None)
+        self.pending.pop(worker, None)
+        self.held = {i: w for i, w in self.held.items() if w != worker}
+
     def poll(self, timeout: float) -> None:
         from multiprocessing.connection import wait
 
-        readable = wait([w.events for w in self.workers.values()], timeout)
-        for worker in list(self.workers.values()):
+        processes = [*self.workers.values(), *self.trainers.values()]
+        readable = wait([w.events for w in processes], timeout)
+        for worker in processes:
             if worker.events not in readable:
                 continue
             try:
@@ -215,6 +276,7 @@ class LocalExecutor(Executor):
             except (EOFError, OSError):  # it exited: _reap below says how
                 worker.proc.join(1.0)
         self._reap()
+        self._start_trainings()
 
     def _deliver(self, worker: _Process, event: Event) -> None:
         if event.kind == "ready":
@@ -222,6 +284,8 @@ class LocalExecutor(Executor):
             return
         if event.kind == "finished":
             self.busy.pop(event.worker, None)
+            if event.worker in self.trainers:
+                self._release(event.worker)
         self.emit(event)
 
     def _reap(self) -> None:
@@ -230,35 +294,40 @@ class LocalExecutor(Executor):
         from edmgrid.run.jobs import record_failed
         from edmgrid.run.store import Store
 
-        for index, worker in list(self.workers.items()):
-            if worker.proc.is_alive():
-                continue
-            del self.workers[index]
-            task = self.busy.pop(index, None)
-            if not worker.ready:
-                raise EdmgridError(
-                    f"worker {index} exited (code {worker.proc.exitcode}) before it could run "
-                    "a job; its error is above"
-                )
-            if task is not None:
-                code = worker.proc.exitcode
-                message = f"worker {index} died (exit code {code}) while running the job"
-                row = record_failed(task, Store(self.root), message, "WorkerDied", None)
-                self.emit(Event(index, task.name, "finished", row=row))
+        for pool in (self.workers, self.trainers):
+            for index, worker in list(pool.items()):
+                if worker.proc.is_alive():
+                    continue
+                del pool[index]
+                training = pool is self.trainers
+                # an idle worker on held devices has no task of its own
+                task = self.busy.pop(index, None) if training or index not in self.held else None
+                if training:
+                    self._release(index)
+                if not worker.ready:
+                    raise EdmgridError(
+                        f"worker {index} exited (code {worker.proc.exitcode}) before it could "
+                        "run a job; its error is above"
+                    )
+                if task is not None:
+                    code = worker.proc.exitcode
+                    message = f"worker {index} died (exit code {code}) while running the job"
+                    row = record_failed(task, Store(self.root), message, "WorkerDied", None)
+                    self.emit(Event(index, task.name, "finished", row=row))
 
     def cancel(self, task: str) -> None:
         """Kill the worker running ``task`` (a new one replaces it on the next submit)."""
         for index, running in list(self.busy.items()):
-            if running.name == task:
-                del self.busy[index]
-                worker = self.workers.pop(index, None)
-                if worker is not None:
-                    worker.proc.kill()
-                    worker.proc.join(1.0)
-
-    def resources(self) -> Resources:
-        gpus = any(slot.cuda is not None for slot in self.slots)
-        return Resources(slots=len(self.slots), gpus=gpus, train_devices=1)
+            if running.name != task:
+                continue
+            del self.busy[index]
+            training = index in self.trainers or index in self.pending
+            worker = self.trainers.get(index) if training else self.workers.pop(index, None)
+            if worker is not None:
+                worker.proc.kill()
+                worker.proc.join(1.0)
+            if training:
+                self._release(index)
 
     def close(self, wait: bool = True) -> None:
         for worker in self.workers.values():
@@ -270,5 +339,11 @@ class LocalExecutor(Executor):
             if worker.proc.is_alive():
                 worker.proc.terminate()
                 worker.proc.join(1.0)
+        for trainer in self.trainers.values():
+            trainer.proc.terminate()
+            trainer.proc.join(1.0)
         self.workers.clear()
         self.busy.clear()
+        self.trainers.clear()
+        self.pending.clear()
+        self.held.clear()
