@@ -50,7 +50,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurm_cluster.
     """Slurm on localhost with 2 CPUs; its jobs import edmgrid and the test helpers."""
     folder = tmp_path_factory.mktemp("slurm")
     try:
-        started = slurm_cluster.start(folder)
+        started = slurm_cluster.start(folder, cpus=min(2, os.cpu_count() or 1))
     except slurm_cluster.Unavailable as e:
         print(f"Slurm unavailable: {e}")
         pytest.skip(f"Slurm unavailable: {e}")
