@@ -19,6 +19,7 @@ from edmgrid.run.executors import (
     assign_devices,
     make_executor,
 )
+from edmgrid.run.jobs import Task
 from edmgrid.run.runner import _Display, run_space
 from edmgrid.run.store import Store
 
@@ -210,3 +211,23 @@ def test_a_training_of_more_devices_than_the_workers_have_is_an_input_error(
     executor = LocalExecutor(workers=2, gpus=lambda: ["0", "1"])
     with pytest.raises(InputError, match="--train-gpus 3: --executor local offers at most 2"):
         run_space(space, Store(tmp_path / "r"), executor=executor, trainer=trainer, train_gpus=3)
+
+
+def test_cancel_stops_a_running_task_and_no_row_is_written(tmp_path: Path) -> None:
+    space = toy_space(tmp_path, "a", {"sampler.timesteps.num_steps": [2]})
+    trainer = FakeTrainer(log=str(tmp_path / "log"), seconds=60)
+    job = space.jobs[0]
+    task = Task("train", str(trainer.key(job)), job, "a", trainer=trainer)
+    store = Store(tmp_path / "r")
+    events: list[Event] = []
+    executor = LocalExecutor(workers=1, gpus=lambda: [])
+    executor.open(store.root.resolve(), events.append)
+    executor.submit(task, 0)
+    while not trainer.trainings():
+        executor.poll(0.1)
+    executor.cancel(task.name)
+    assert executor.free() == [0]
+    executor.poll(0.5)
+    executor.close()
+    assert [e.kind for e in events if e.kind == "finished"] == []
+    assert store.training_status(task.key) is None
