@@ -262,7 +262,6 @@ def _detach(executor: str, loaded: Any, store: Any, flags: dict[str, Any]) -> No
     if executor != "slurm":
         raise InputError("--detach needs --executor slurm (the run becomes a Slurm job)")
     argv = [arg for arg in sys.argv[1:] if arg != "--detach"]
-    store.record_space(loaded.name, loaded.source, [j.job_id for j in loaded.jobs])
     job = detach(argv, store.root, loaded.name, loaded.file.slurm, **flags)
     _console().print(
         f"submitted the run of {loaded.name} as Slurm job {job}; "
@@ -330,7 +329,8 @@ def status(
                 for s in spaces:
                     queued = ", ".join(f"{n} {k.lower()}" for k, n in sorted(s.queue.items()))
                     text = f"{s.space} (driver {s.driver.lower()}; jobs: {queued or 'none'})"
-                    bar.update(lines[s.space], completed=s.done + s.failed, description=text)
+                    done = s.done + s.failed
+                    bar.update(lines[s.space], completed=done, total=s.jobs, description=text)
                 time.sleep(2.0)
                 spaces = grid_status(store, space)
     rows = (

@@ -36,20 +36,22 @@ class SpaceStatus:
 
 
 def grid_status(store: Store, space: str | None = None) -> list[SpaceStatus]:
-    """The status of ``space`` (default: every space recorded in the store)."""
-    names = [space] if space else sorted(p.stem for p in (store.root / "spaces").glob("*.json"))
+    """The status of ``space`` (default: every space recorded in the store or detached)."""
+    driver_of = {d["space"]: d for d in drivers(store.root)}
+    recorded = {p.stem for p in (store.root / "spaces").glob("*.json")}
+    names = [space] if space else sorted(recorded | driver_of.keys())
     try:
         slurm = queue()
     except (OSError, EdmgridError):  # no Slurm here: the store alone
         slurm = {}
-    driver_of = {d["space"]: d for d in drivers(store.root)}
     claimed = {p.stem for p in (store.root / "claims").glob("*.claim")}
     out = []
     for name in names:
         record = store.space_record(name)
-        if record is None:
+        if record is None and name not in driver_of:
             raise EdmgridError(f"no space {name!r} in {store.root} (run it first)")
-        jobs: list[str] = record["jobs"]
+        # a detached driver records its space once it starts
+        jobs: list[str] = record["jobs"] if record else []
         counts = Counter(store.statuses(jobs).values())
         driver = driver_of.get(name)
         state = slurm.get(str(driver["job_id"]), ("", "gone"))[1] if driver else ""
