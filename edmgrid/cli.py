@@ -145,10 +145,17 @@ def _use_pythonpath(folders: list[Path]) -> None:
 
 
 EXECUTOR = typer.Option(
-    "local", "--executor", "-x", help="Where jobs run: local (worker processes), serial, ray."
+    "local",
+    "--executor",
+    "-x",
+    help="Where jobs run: local (worker processes), serial, ray, slurm (one job per task).",
 )
 WORKERS = typer.Option(
-    None, "--workers", "-w", help="Local workers (default: one per GPU, else one per core up to 4)."
+    None,
+    "--workers",
+    "-w",
+    help="Local workers (default: one per GPU, else one per core up to 4); "
+    "Slurm: jobs queued at once (default: slurm.max_jobs).",
 )
 DEVICES = typer.Option(None, "--devices", help="Local: only these GPU ids, e.g. 0,2.")
 GPUS = typer.Option(
@@ -157,16 +164,17 @@ GPUS = typer.Option(
 ADDRESS = typer.Option(
     None, "--address", help="Ray: join this cluster ('auto' finds a running one)."
 )
+PARTITION = typer.Option(None, "--partition", help="Slurm: partition (over slurm.partition).")
+ACCOUNT = typer.Option(None, "--account", help="Slurm: account (over slurm.account).")
+TIME = typer.Option(None, "--time", help="Slurm: time limit per job, e.g. 30 or 02:00:00.")
 
 
-def _executor(
-    name: str, workers: int | None, devices: str | None, gpus: int | None, address: str | None
-) -> Any:
-    """The executor of ``--executor`` and its options."""
+def _executor(name: str, devices: str | None, **options: Any) -> Any:
+    """The executor of ``--executor`` and its options (None: not given)."""
     from edmgrid.run.executors import make_executor
 
     chosen = _split(devices) if devices is not None else None
-    return make_executor(name, workers=workers, devices=chosen, gpus=gpus, address=address)
+    return make_executor(name, devices=chosen, **options)
 
 
 @app.command()
@@ -187,7 +195,15 @@ def run(
     devices: str | None = DEVICES,
     gpus: int | None = GPUS,
     address: str | None = ADDRESS,
-    train_gpus: int = typer.Option(1, "--train-gpus", help="Ray: GPUs per training job."),
+    partition: str | None = PARTITION,
+    account: str | None = ACCOUNT,
+    time_limit: str | None = TIME,
+    train_gpus: int = typer.Option(
+        1, "--train-gpus", help="Devices per training (GPUs; on CPU, workers' cores)."
+    ),
+    detach: bool = typer.Option(
+        False, "--detach", help="Slurm: submit the run as a job and return (see `status`)."
+    ),
     yes: bool = YES,
     data: Path | None = typer.Option(
         None, "--data", help="Path of the data set file or folder (sets data.path in every job)."
@@ -252,7 +268,14 @@ def run(
     _warn_extreme_sigma(loaded)
     if not force:
         _warn_stale(loaded, store, rerun_stale)
-    chosen = _executor(executor, workers, devices, gpus, address)
+    slurm: dict[str, Any] = {"partition": partition, "account": account, "time": time_limit}
+    if detach:
+        _detach(executor, loaded, store, slurm)
+        return
+    if executor == "slurm":
+        slurm["settings"] = loaded.file.slurm
+    options = {"workers": workers, "gpus": gpus, "address": address, **slurm}
+    chosen = _executor(executor, devices, **options)
     summary = run_space(
         loaded,
         store,
@@ -284,6 +307,21 @@ def _warn_stale(space: Any, store: Any, rerun: bool) -> None:
             f"warning: {what} were computed by other code (their code_fingerprint is not "
             f"{code_fingerprint()}); kept as they are, --rerun-stale evaluates them again\n"
         )
+
+
+def _detach(executor: str, loaded: Any, store: Any, flags: dict[str, Any]) -> None:
+    """``run --detach``: this command line, without ``--detach``, as a Slurm job."""
+    from edmgrid.run.executors.slurm import detach
+
+    if executor != "slurm":
+        raise InputError("--detach needs --executor slurm (the run becomes a Slurm job)")
+    argv = [arg for arg in sys.argv[1:] if arg != "--detach"]
+    job = detach(argv, store.root, loaded.name, loaded.file.slurm, **flags)
+    _console().print(
+        f"submitted the run of {loaded.name} as Slurm job {job}; "
+        f"follow it with: edmgrid status -r {store.root} --wait",
+        highlight=False,
+    )
 
 
 def _finished_jobs(text: bytes, store: Any, fingerprint: str) -> int | None:
@@ -328,6 +366,57 @@ def _print_summary(summary: Any) -> None:
         )
     for row in summary.suspects:
         console.print(f"[yellow]suspect[/yellow] {row['job_id']}: {row['suspect']}")
+
+
+@app.command()
+def status(
+    results: Path = RESULTS,
+    space: str | None = typer.Option(None, "--space", help="Only this space."),
+    wait: bool = typer.Option(
+        False, "--wait", help="Re-attach: follow the detached runs until they end."
+    ),
+) -> None:
+    """How far each space of the results is: rows done/failed, running, and Slurm's queue."""
+    import time
+
+    from edmgrid.run.status import grid_status
+    from edmgrid.run.store import Store
+
+    store = Store(results)
+    spaces = grid_status(store, space)
+    if wait and any(s.attached for s in spaces):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()) as bar:
+            lines = {s.space: bar.add_task(s.space, total=s.jobs) for s in spaces}
+            while any(s.attached for s in spaces):
+                for s in spaces:
+                    queued = ", ".join(f"{n} {k.lower()}" for k, n in sorted(s.queue.items()))
+                    text = f"{s.space} (driver {s.driver.lower()}; jobs: {queued or 'none'})"
+                    done = s.done + s.failed
+                    bar.update(lines[s.space], completed=done, total=s.jobs, description=text)
+                time.sleep(2.0)
+                spaces = grid_status(store, space)
+    rows = (
+        (
+            s.space,
+            s.jobs,
+            s.done,
+            s.failed,
+            s.running,
+            s.todo,
+            s.driver or "-",
+            ", ".join(f"{n} {k.lower()}" for k, n in sorted(s.queue.items())) or "-",
+        )
+        for s in spaces
+    )
+    columns = ["space", "jobs", "done", "failed", "running", "to do", "driver", "slurm jobs"]
+    _print_table(columns, rows, f"edmgrid status: {results}")
+    for s in spaces:
+        if s.driver and not s.attached and s.todo:
+            _console().print(f"driver of {s.space} ended {s.driver}: see {s.log}", highlight=False)
+    if any(s.failed for s in spaces) or (wait and any(s.todo for s in spaces)):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -587,7 +676,7 @@ def optuna_churn(
         base = pick_job(store, loaded, job)
         settings = Settings(base, metric or default_metric(base), num_samples)
     options = Options(trials, sampler, seed, final_samples, top_k)
-    chosen = _executor(executor, workers, devices, gpus, address)
+    chosen = _executor(executor, devices, workers=workers, gpus=gpus, address=address)
     console = _console()
     report = run_churn(
         store,

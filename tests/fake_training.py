@@ -58,7 +58,9 @@ class FakeTrainer:
     ) -> dict[str, Any]:
         key = self.key(job)
         assert key is not None
-        path, row = self.checkpoint(cache_dir, key), {"images": 1000, "final_loss": 0.25}
+        path = self.checkpoint(cache_dir, key)
+        row = {"images": 1000, "final_loss": 0.25, "devices": devices}
+        row["threads"] = torch.get_num_threads()
         if load_cached(path, cache_dir) is not None:
             return {**row, "cached": True}
         self.note(f"{key} {os.getpid()}")

@@ -19,6 +19,7 @@ from edmgrid.run.executors import (
     assign_devices,
     make_executor,
 )
+from edmgrid.run.jobs import Task
 from edmgrid.run.runner import _Display, run_space
 from edmgrid.run.store import Store
 
@@ -68,7 +69,7 @@ def test_impossible_device_requests_are_spec_errors(
 
 
 def test_unknown_executor_is_a_spec_error() -> None:
-    with pytest.raises(InputError, match="valid: serial, local, ray"):
+    with pytest.raises(InputError, match="valid: local, ray, serial"):
         make_executor("threads")
 
 
@@ -162,8 +163,8 @@ def test_the_progress_display_shows_a_workers_job_and_its_running_loss():
 def test_a_worker_caps_torch_and_numpy_blas_at_its_threads():
     """numpy's OpenBLAS takes a thread per core unless capped: 2 workers would share 4."""
     probe = (
-        "import sys, threadpoolctl, torch; from edmgrid.run.executors import _limit_threads; "
-        "_limit_threads(int(sys.argv[1])); "
+        "import sys, threadpoolctl, torch; from edmgrid.run.executors.local import limit_threads; "
+        "limit_threads(int(sys.argv[1])); "
         "pools = {p['num_threads'] for p in threadpoolctl.threadpool_info()}; "
         "print(torch.get_num_threads(), *pools)"
     )
@@ -173,3 +174,60 @@ def test_a_worker_caps_torch_and_numpy_blas_at_its_threads():
             [sys.executable, "-c", probe, str(threads)], env=env, capture_output=True, text=True
         )
         assert out.stdout.split() == [str(threads), str(threads)], out.stderr
+
+
+def test_a_training_of_train_gpus_k_holds_k_gpus_and_is_told_k(tmp_path: Path) -> None:
+    grid = {"data.mixture": ["ring8", "grid25"], "sampler.timesteps.num_steps": [2, 3]}
+    space = toy_space(tmp_path, "a", grid)
+    store = Store(tmp_path / "r")
+    trainer = FakeTrainer(log=str(tmp_path / "log"))
+    executor = LocalExecutor(workers=2, gpus=lambda: ["0", "1"])
+    summary = run_space(space, store, executor=executor, trainer=trainer, train_gpus=2)
+    assert summary.ok and summary.counts["done"] == 2 + 4
+    trainings = store.query("SELECT device, devices, started_at, created_at FROM trainings")
+    assert list(trainings["device"]) == ["cuda:0,1", "cuda:0,1"]
+    assert list(trainings["devices"]) == [2, 2]
+    first, second = trainings.sort_values("started_at").itertuples()
+    assert second.started_at >= first.created_at, "two 2-GPU trainings shared 2 GPUs"
+    assert set(store.query("SELECT device FROM runs")["device"]) == {"cuda:0", "cuda:1"}
+
+
+def test_on_cpu_a_training_of_k_devices_gets_the_threads_of_k_workers(tmp_path: Path) -> None:
+    space = toy_space(tmp_path, "a", {"sampler.timesteps.num_steps": [2, 3]})
+    store = Store(tmp_path / "r")
+    trainer = FakeTrainer(log=str(tmp_path / "log"))
+    executor = LocalExecutor(workers=2, threads=1, gpus=lambda: [])
+    summary = run_space(space, store, executor=executor, trainer=trainer, train_gpus=2)
+    assert summary.ok
+    trainings = store.query("SELECT device, devices, threads FROM trainings")
+    assert trainings.iloc[0].tolist() == ["cpu", 2, 2]
+
+
+def test_a_training_of_more_devices_than_the_workers_have_is_an_input_error(
+    tmp_path: Path,
+) -> None:
+    space = toy_space(tmp_path, "a", {"sampler.timesteps.num_steps": [2]})
+    trainer = FakeTrainer(log=str(tmp_path / "log"))
+    executor = LocalExecutor(workers=2, gpus=lambda: ["0", "1"])
+    with pytest.raises(InputError, match="--train-gpus 3: --executor local offers at most 2"):
+        run_space(space, Store(tmp_path / "r"), executor=executor, trainer=trainer, train_gpus=3)
+
+
+def test_cancel_stops_a_running_task_and_no_row_is_written(tmp_path: Path) -> None:
+    space = toy_space(tmp_path, "a", {"sampler.timesteps.num_steps": [2]})
+    trainer = FakeTrainer(log=str(tmp_path / "log"), seconds=60)
+    job = space.jobs[0]
+    task = Task("train", str(trainer.key(job)), job, "a", trainer=trainer)
+    store = Store(tmp_path / "r")
+    events: list[Event] = []
+    executor = LocalExecutor(workers=1, gpus=lambda: [])
+    executor.open(store.root.resolve(), events.append)
+    executor.submit(task, 0)
+    while not trainer.trainings():
+        executor.poll(0.1)
+    executor.cancel(task.name)
+    assert executor.free() == [0]
+    executor.poll(0.5)
+    executor.close()
+    assert [e.kind for e in events if e.kind == "finished"] == []
+    assert store.training_status(task.key) is None

@@ -19,6 +19,7 @@ from edmgrid.config.metrics import FID
 from edmgrid.config.model import TrainedModel
 from edmgrid.config.plugins import load_plugins
 from edmgrid.config.presets import PRESETS
+from edmgrid.config.slurm import SlurmSettings
 from edmgrid.errors import InputError
 from edmgrid.files import check_space_name, content_hash
 from edmgrid.registry import Choice, Strict
@@ -61,6 +62,7 @@ class SpaceFile(Strict):
     #: the Python path.
     plugins: list[str] = Field(default_factory=list)
     replicates: Replicates = Field(default_factory=Replicates)
+    slurm: SlurmSettings | None = None
 
 
 @dataclass(frozen=True)

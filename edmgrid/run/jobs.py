@@ -105,6 +105,7 @@ class Task:
     space: str
     training_key: str | None = None
     trainer: Trainer = field(default_factory=EngineTrainer)
+    #: Devices a training holds (``--train-gpus``); the executor provides them.
     gpus: int = 1
     #: Columns added to an evaluation's row (``optuna-churn``'s ``study``, ``trial``, ``stage``).
     extra: dict[str, Any] = field(default_factory=dict)
@@ -138,7 +139,7 @@ def run_job(task: Task, store: Store, progress: Progress | None = None) -> dict[
     try:
         worker_device()  # a worker pinned to a GPU it cannot use fails here, saying why
         if task.kind == "train":
-            row.update(task.trainer.train(task.job, store.cache, progress, task.gpus))
+            row.update(task.trainer.train(task.job, store.cache, progress, devices=task.gpus))
         else:
             from edmgrid.engine.evaluate import evaluate
 

@@ -262,11 +262,11 @@ class _Scheduler:
         return status
 
     def dispatch(self) -> None:
-        for worker in self.executor.free():
+        # free() is read after every submit: a task may take more than its worker
+        while self.ready and (free := self.executor.free()):
+            worker = free[0]
             while self.ready and not self.start(self.take(worker), worker):
                 pass
-            if not self.ready:
-                return
 
     def take(self, worker: int) -> Task:
         running = list(self.running.values())
