@@ -424,7 +424,9 @@ def optuna_churn(
     the executors of `run`, one per worker at a time, asked and told by this process.
     """
     from edmgrid.config.space import load_space
-    from edmgrid.run.churn import Options, Settings, default_metric, pick_job, run_churn
+    from edmgrid.run.churn.driver import Options, pick_job, run_churn
+    from edmgrid.run.churn.search import default_metric
+    from edmgrid.run.churn.study import Settings
     from edmgrid.run.store import Store
 
     store = Store(results)
@@ -455,7 +457,7 @@ def optuna_churn(
 def _print_churn(report: Any) -> None:
     from rich.table import Table
 
-    from edmgrid.run.churn import PARAMS
+    from edmgrid.run.churn.search import PARAMS
 
     console = _console()
     for note in report.notes:
