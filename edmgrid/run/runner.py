@@ -9,17 +9,14 @@ again. Jobs with a row are skipped (failed ones are retried unless ``retry_faile
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from edmgrid.config.job import JobSpec
 from edmgrid.config.space import Space
+from edmgrid.run import interrupts
 from edmgrid.run.claims import Claims, active_run
 from edmgrid.run.executors import Event, Executor, SerialExecutor
 from edmgrid.run.jobs import EngineTrainer, Task, Trainer
@@ -130,21 +127,11 @@ class _Display:
             self.bar.advance(self.overall)
 
 
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the driver, so it cleans up as on Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+def tally(space: Space, store: Store) -> tuple[int, int]:
+    """The space's jobs with a done row in the store, and the others (left to run)."""
+    statuses = store.statuses([j.job_id for j in space.jobs])
+    done = sum(statuses.get(j.job_id) == "done" for j in space.jobs)
+    return done, len(space.jobs) - done
 
 
 def run_space(
@@ -162,7 +149,8 @@ def run_space(
     """Run the space's pending trainings and evaluations on ``executor`` (default: serial).
 
     Every task is claimed first (``run/claims.py``), so concurrent runs on one store split the
-    work; an interrupted run (Ctrl-C, SIGTERM) stops its workers and releases its claims.
+    work. An interrupted run (SIGINT, SIGTERM: ``run/interrupts.py``) stops its workers,
+    releases its claims and raises ``Interrupted``, saying how many jobs are done and left.
     ``fingerprint`` (of the space file, ``store.space_fingerprint``) is recorded with the
     space so that a later run can tell it has nothing to do without expanding it.
     """
@@ -170,21 +158,36 @@ def run_space(
     executor = executor or SerialExecutor()
     trainer = trainer or EngineTrainer()
     show = sys.stdout.isatty() if show_progress is None else show_progress
-    with active_run(store.root), Claims(store.root) as claims, _sigterm_interrupts():
-        job_ids = [j.job_id for j in space.jobs]
-        store.record_space(space.name, space.source, job_ids, fingerprint)
-        the_plan = plan(
-            space, store, trainer, force=force, retry_failed=retry_failed, train_gpus=train_gpus
-        )
-        display = _Display(space.name, len(space.jobs) - the_plan.skipped, show)
-        scheduler = Scheduler(store, executor, claims, force=force, listener=display)
-        scheduler.summary.counts["skipped"] = the_plan.skipped
-        scheduler.failed_trainings.update(the_plan.failed_trainings)
-        for task in [*the_plan.trains, *the_plan.evaluations]:
-            scheduler.add(task)
-        if scheduler.busy:
-            with scheduler, display:
-                scheduler.run()
+    scheduler: Scheduler | None = None
+    with interrupts.deferred():
+        interrupts.set_tally(lambda: tally(space, store))
+        try:
+            with active_run(store.root), Claims(store.root) as claims:
+                job_ids = [j.job_id for j in space.jobs]
+                store.record_space(space.name, space.source, job_ids, fingerprint)
+                the_plan = plan(
+                    space,
+                    store,
+                    trainer,
+                    force=force,
+                    retry_failed=retry_failed,
+                    train_gpus=train_gpus,
+                )
+                display = _Display(space.name, len(space.jobs) - the_plan.skipped, show)
+                scheduler = Scheduler(store, executor, claims, force=force, listener=display)
+                scheduler.summary.counts["skipped"] = the_plan.skipped
+                scheduler.failed_trainings.update(the_plan.failed_trainings)
+                for task in [*the_plan.trains, *the_plan.evaluations]:
+                    scheduler.add(task)
+                interrupts.check()
+                if scheduler.busy:
+                    with scheduler, display:
+                        scheduler.run()
+            interrupts.check()
+        except KeyboardInterrupt:
+            if scheduler is not None and scheduler.summary.executed:
+                store.refresh_db()
+            raise interrupts.Interrupted.now() from None
     summary = scheduler.summary
     if summary.executed or not store.db_path.exists():
         store.refresh_db()

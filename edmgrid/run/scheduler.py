@@ -13,6 +13,7 @@ import time
 from typing import Any, Protocol
 
 from edmgrid.config.job import model_key as job_model_key
+from edmgrid.run import interrupts
 from edmgrid.run.claims import Claims
 from edmgrid.run.executors import Event, Executor
 from edmgrid.run.jobs import Task, Trainer, flatten, record_failed
@@ -170,7 +171,9 @@ class Scheduler:
 
     def step(self) -> None:
         """Dispatch ready tasks to free workers, deliver the executor's events (waiting a
-        moment for one), and look at the tasks other runs held."""
+        moment for one), and look at the tasks other runs held. Raises ``KeyboardInterrupt``
+        once a stop is requested (``run/interrupts.py``)."""
+        interrupts.check()
         self.dispatch()
         self.executor.poll(0.1 if self.running else FOREIGN_POLL_S / 4)
         if self.foreign and time.monotonic() - self.last_check > FOREIGN_POLL_S:
@@ -237,6 +240,7 @@ class Scheduler:
         self.listener.finished(task, row)
 
     def on_event(self, event: Event) -> None:
+        interrupts.check()  # a serial executor's job reports progress from inside the driver
         task = self.running.get(event.task)
         if task is None:
             return
