@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from edmgrid.errors import EdmgridError, InputError
+from edmgrid.run import interrupts
 
 app = typer.Typer(
     name="edmgrid",
@@ -245,6 +246,7 @@ def run(
             with active_run(store.root):
                 if not store.db_path.exists():
                     store.refresh_db()
+            interrupts.set_tally(lambda: (finished, 0))
             summary = Summary(counts=Counter(skipped=finished))
             summary.wall = time.perf_counter() - start
             _print_summary(summary)
@@ -664,7 +666,9 @@ def optuna_churn(
     the executors of `run`, one per worker at a time, asked and told by this process.
     """
     from edmgrid.config.space import load_space
-    from edmgrid.run.churn import Options, Settings, default_metric, pick_job, run_churn
+    from edmgrid.run.churn.driver import Options, pick_job, run_churn
+    from edmgrid.run.churn.search import default_metric
+    from edmgrid.run.churn.study import Settings
     from edmgrid.run.store import Store
 
     store = Store(results)
@@ -695,7 +699,7 @@ def optuna_churn(
 def _print_churn(report: Any) -> None:
     from rich.table import Table
 
-    from edmgrid.run.churn import PARAMS
+    from edmgrid.run.churn.search import PARAMS
 
     console = _console()
     for note in report.notes:
@@ -733,29 +737,43 @@ def _print_churn(report: Any) -> None:
 
 
 def main() -> None:
-    """Console entry point: EdmgridErrors become one-line messages and exit codes."""
+    """Console entry point: EdmgridErrors become one-line messages and exit codes; SIGINT and
+    SIGTERM stop the command where it can stop cleanly (``run/interrupts.py``), exit 130."""
+    with interrupts.deferred():
+        sys.exit(_main())
+
+
+def _main() -> int:
     try:
         code = app(standalone_mode=False)
+        interrupts.check()  # a signal as the command ended
+    except KeyboardInterrupt:
+        return _fail(interrupts.Interrupted.now())
     except EdmgridError as e:
-        from rich.console import Console
-        from rich.markup import escape
-
-        # stderr, unwrapped, and escaped: a file name like "a[/b].yaml" is text, not markup
-        Console(stderr=True, soft_wrap=True, highlight=False).print(
-            f"[red]error:[/red] {escape(str(e))}"
-        )
-        sys.exit(e.exit_code)
+        return _fail(e)
     except typer.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except typer.Abort:
-        sys.exit(1)
+        return 1
     except typer.TyperException as e:  # usage errors: typer's own (vendored) click exceptions
         if hasattr(e, "show"):
             e.show()
         else:
             sys.stderr.write(f"error: {e.format_message()}\n")
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        return e.exit_code
+    return code if isinstance(code, int) else 0
+
+
+def _fail(e: EdmgridError) -> int:
+    """Say ``e`` on one line of stderr ("interrupted: …" as it is, others as "error: …")."""
+    if isinstance(e, interrupts.Interrupted):
+        sys.stderr.write(f"{e}\n")
+        return e.exit_code
+    from rich.console import Console
+    from rich.markup import escape
+
+    # stderr, unwrapped, and escaped: a file name like "a[/b].yaml" is text, not markup
+    Console(stderr=True, soft_wrap=True, highlight=False).print(
+        f"[red]error:[/red] {escape(str(e))}"
+    )
+    return e.exit_code

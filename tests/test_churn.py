@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
@@ -21,21 +22,18 @@ from edmgrid.config.presets import SOLVER
 from edmgrid.config.space import resolve_presets
 from edmgrid.engine.train import training_key
 from edmgrid.errors import EdmgridError, InputError
-from edmgrid.run import churn, jobs
-from edmgrid.run.churn import (
-    PARAMS,
-    ChurnSearch,
+from edmgrid.run import jobs
+from edmgrid.run.churn import study as studies
+from edmgrid.run.churn.driver import Options, pick_job, run_churn
+from edmgrid.run.churn.search import PARAMS, ChurnSearch, paper_preset, trial_job
+from edmgrid.run.churn.study import (
     JournalLock,
-    Options,
     Settings,
     driver_lock,
     journal_path,
     make_sampler,
-    paper_preset,
-    pick_job,
-    run_churn,
-    trial_job,
 )
+from edmgrid.run.claims import Claims
 from edmgrid.run.executors import Event
 from edmgrid.run.jobs import run_job
 from edmgrid.run.store import Store
@@ -60,7 +58,7 @@ FAST = ["--num-samples", "16", "--final-samples", "0"]
 def no_plots(request, monkeypatch):
     """Plotting is slow on a shared CPU: only tests that ask for ``plots`` draw the PNGs."""
     if "plots" not in request.fixturenames:
-        monkeypatch.setattr(churn, "plot", lambda *args: ([], []))
+        monkeypatch.setattr(studies, "plot", lambda *args: ([], []))
 
 
 @pytest.fixture
@@ -288,7 +286,7 @@ def test_a_study_cut_short_while_it_was_created_is_set_up_by_the_next_run(result
 def test_the_journal_lock_of_a_killed_driver_is_free_at_once(tmp_path):
     path = tmp_path / "journal.flock"
     code = (
-        "import time; from pathlib import Path; from edmgrid.run.churn import JournalLock; "
+        "import time; from pathlib import Path; from edmgrid.run.churn.study import JournalLock; "
         f"JournalLock(Path({str(path)!r})).acquire(); print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -387,7 +385,7 @@ def test_empty_churn_windows_reuse_the_deterministic_row_and_are_one_candidate(r
     ("args", "message"),
     [
         (["--S_churn", "10", "5"], "--S_churn: min 10 > max 5"),
-        (["--S_noise", "-1", "1.01"], "--S_noise: S_noise must be >= 0"),
+        (["--S_noise", "-1", "1.01"], "--S_noise: S_noise must be > 0"),
         (["--S_noise", "0", "1.01"], "S_noise must be > 0"),
         (["--S_min", "-0.5", "1"], "S_min must be >= 0"),
         (["--metric", "ode_error"], "cannot improve"),
@@ -490,3 +488,33 @@ def test_samplers_are_optunas_and_cmaes_needs_its_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "cmaes", None)
     with pytest.raises(EdmgridError, match="pip install cmaes"):
         make_sampler("cmaes", 0)
+
+
+def test_a_trial_whose_job_another_run_holds_waits_for_it_and_reuses_its_row(results, monkeypatch):
+    """Trials run on the scheduler of ``edmgrid run``: claimed, never run twice."""
+    store, settings = Store(results), Settings(base_job(), "fd_raw", 16)
+    deterministic = {**SOLVER["table5-cifar10-vp"], "S_churn": 0.0}
+    job = trial_job(settings.base, deterministic, "fd_raw", "0-15")
+    other = Claims(results)
+    assert other.acquire(job.job_id)  # another run is evaluating the deterministic job
+
+    def finish_elsewhere() -> None:
+        time.sleep(1.0)
+        run_job(jobs.Task.evaluation(job, "elsewhere"), store)
+        other.release(job.job_id)
+
+    ran: list[str] = []
+
+    def spy(task, *args, **kwargs):
+        ran.append(task.key)
+        return run_job(task, *args, **kwargs)
+
+    monkeypatch.setattr(jobs, "run_job", spy)
+    elsewhere = threading.Thread(target=finish_elsewhere)
+    elsewhere.start()
+    run_churn(store, settings, Options(trials=2, final_samples=0), log=lambda line: None)
+    elsewhere.join()
+    assert job.job_id not in ran and len(ran) == 1  # only the paper's trial ran here
+    s = study(results)
+    assert s.trials[1].value == pytest.approx(store.row(job.job_id)["fd_raw"])
+    assert not list((results / "claims").glob("*.claim"))

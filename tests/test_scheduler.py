@@ -15,7 +15,8 @@ import edmgrid.engine.fid
 from edmgrid.engine.data import load_data
 from edmgrid.run.executors import SerialExecutor
 from edmgrid.run.jobs import Task
-from edmgrid.run.runner import Picker, Summary, model_key, plan, run_space
+from edmgrid.run.runner import Summary, plan, run_space
+from edmgrid.run.scheduler import Picker, model_key
 from edmgrid.run.store import Store
 
 MIXTURES = {"data.mixture": ["ring8", "grid25"], "sampler.timesteps.num_steps": [2, 3]}

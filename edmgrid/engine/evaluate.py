@@ -90,7 +90,7 @@ _LOADED: dict[tuple[str, Path], Denoiser] = {}
 def load_denoiser(job: JobSpec, dataset: Dataset, cache_dir: Path) -> Denoiser:
     """``build_denoiser``, remembering the last model built in this process.
 
-    Workers get the jobs of one model in a row (``run.runner.pick``), so each loads a
+    Workers get the jobs of one model in a row (``run.scheduler.Picker``), so each loads a
     checkpoint once however many evaluations use it.
     """
     key = (model_key(job), cache_dir)

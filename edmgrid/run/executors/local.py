@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edmgrid.errors import EdmgridError, InputError
+from edmgrid.run import interrupts
 from edmgrid.run.claims import pid_alive
 from edmgrid.run.executors.base import Emit, Event, Executor, Resources, execute
 
@@ -201,6 +202,16 @@ class LocalExecutor(Executor):
         )
 
     def _start(self, slot: WorkerSlot) -> _Process:
+        from multiprocessing import forkserver
+
+        # the fork server, started with the first worker, and the workers it forks never see
+        # SIGINT, which a terminal sends the whole process group (they would die mid-import):
+        # the driver stops them. Its own SIGINT stays pending meanwhile, or goes to a thread.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            forkserver.ensure_running()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         task_r, task_w = self.ctx.Pipe(duplex=False)
         event_r, event_w = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
@@ -209,7 +220,8 @@ class LocalExecutor(Executor):
             name=f"edmgrid-worker-{slot.index}",
             daemon=True,
         )
-        proc.start()
+        with interrupts.immediate():  # waits for the fork server's imports: safe to abandon
+            proc.start()
         task_r.close()  # the worker's ends: once it exits, reading its events gives EOF
         event_w.close()
         return _Process(proc, task_w, event_r)
