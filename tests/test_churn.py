@@ -3,6 +3,7 @@ or a SIGKILL), bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import signal
@@ -33,7 +34,7 @@ from edmgrid.run.churn.study import (
     journal_path,
     make_sampler,
 )
-from edmgrid.run.claims import Claims
+from edmgrid.run.claims import Claims, active_run
 from edmgrid.run.executors import Event
 from edmgrid.run.jobs import run_job
 from edmgrid.run.store import Store
@@ -495,15 +496,17 @@ def test_a_trial_whose_job_another_run_holds_waits_for_it_and_reuses_its_row(res
     store, settings = Store(results), Settings(base_job(), "fd_raw", 16)
     deterministic = {**SOLVER["table5-cifar10-vp"], "S_churn": 0.0}
     job = trial_job(settings.base, deterministic, "fd_raw", "0-15")
-    other = Claims(results)
-    assert other.acquire(job.job_id)  # another run is evaluating the deterministic job
+    other_run = contextlib.ExitStack()  # another run, evaluating the deterministic job
+    other_run.enter_context(active_run(results))
+    assert other_run.enter_context(Claims(results)).acquire(job.job_id)
+    ran: list[str] = []
 
     def finish_elsewhere() -> None:
-        time.sleep(1.0)
+        while not ran or store.row(ran[0]) is None:  # the driver is past the paper's trial
+            time.sleep(0.05)
+        time.sleep(1.5)
         run_job(jobs.Task.evaluation(job, "elsewhere"), store)
-        other.release(job.job_id)
-
-    ran: list[str] = []
+        other_run.close()
 
     def spy(task, *args, **kwargs):
         ran.append(task.key)
