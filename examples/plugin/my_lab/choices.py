@@ -12,7 +12,7 @@ from pydantic import Field
 
 from edmgrid.design.ode import ProbabilityFlow
 from edmgrid.design.schedule import Schedule, schedules
-from edmgrid.design.solver import RandnLike, Solver, StepNoise, solvers
+from edmgrid.design.solver import Callback, RandnLike, Solver, Step, StepNoise, solvers
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -42,13 +42,21 @@ class Kutta3(Solver):
     name: Literal["kutta3"] = "kutta3"
 
     def solve(
-        self, ode: ProbabilityFlow, x: Tensor, t_steps: Tensor, randn_like: RandnLike
+        self,
+        ode: ProbabilityFlow,
+        x: Tensor,
+        t_steps: Tensor,
+        randn_like: RandnLike,
+        callback: Callback | None = None,
     ) -> Tensor:
         num_steps, noise = len(t_steps) - 1, StepNoise(randn_like)
         for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
             x, t = self.churn(ode, x, t_cur, num_steps, noise)
             h = float(t_next - t)
-            k1 = ode.derivative(x, t)
+            k1, denoised = ode.flow(x, t)
+            if callback is not None:
+                sigma, sigma_hat = ode.sigma(t_cur), ode.sigma(t)
+                callback(Step(i=i, x=x, sigma=sigma, sigma_hat=sigma_hat, denoised=denoised))
             if i == num_steps - 1:
                 x = x + h * k1
                 continue
