@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from edmgrid import api
 from edmgrid.errors import EdmgridError, InputError
 from edmgrid.run import interrupts
 
@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-RESULTS = typer.Option(Path("results"), "--results", "-r", help="Results directory.")
+RESULTS = typer.Option(api.RESULTS, "--results", "-r", help="Results directory.")
 YES = typer.Option(False, "--yes", help="Allow grids above the job limit.")
 FORMAT_HELP = "Output format: table, csv, markdown, latex or json."
 PYTHONPATH = typer.Option(
@@ -138,13 +138,6 @@ def _latex(frame: Any) -> str:
     return "\n".join(lines)
 
 
-def _use_pythonpath(folders: list[Path]) -> None:
-    """Prepend ``folders`` to this process's import path and to workers' ``PYTHONPATH``."""
-    from edmgrid.config.plugins import prepend_import_paths
-
-    prepend_import_paths(folders)
-
-
 EXECUTOR = typer.Option(
     "local",
     "--executor",
@@ -168,14 +161,6 @@ ADDRESS = typer.Option(
 PARTITION = typer.Option(None, "--partition", help="Slurm: partition (over slurm.partition).")
 ACCOUNT = typer.Option(None, "--account", help="Slurm: account (over slurm.account).")
 TIME = typer.Option(None, "--time", help="Slurm: time limit per job, e.g. 30 or 02:00:00.")
-
-
-def _executor(name: str, devices: str | None, **options: Any) -> Any:
-    """The executor of ``--executor`` and its options (None: not given)."""
-    from edmgrid.run.executors import make_executor
-
-    chosen = _split(devices) if devices is not None else None
-    return make_executor(name, devices=chosen, **options)
 
 
 @app.command()
@@ -218,136 +203,38 @@ def run(
     plugin: list[str] = PLUGIN,
 ) -> None:
     """Expand SPACE into jobs, run the ones without a result, and store one row per job."""
-    import os
-    import time
-
-    from edmgrid.run.store import Store, space_fingerprint
-
-    start = time.perf_counter()
-    if results.exists() and not results.is_dir():
-        raise InputError("is not a directory; name a results directory", file=str(results))
-    store = Store(results)
-    overrides = {"data.path": str(data.expanduser().resolve())} if data is not None else None
-    try:
-        text: bytes | None = space.read_bytes() if space.is_file() else None
-    except OSError:
-        text = None  # load_space says why
-    fingerprint = (
-        space_fingerprint(text + json.dumps(overrides).encode()) if text is not None else None
-    )
-    if text is not None and fingerprint is not None and not force and not plugin:
-        finished = _finished_jobs(text, store, fingerprint)
-        if finished is not None:
-            from edmgrid.run.claims import active_run
-            from edmgrid.run.summary import Summary
-
-            # alone, it removes what a killed run left (claims, *.tmp), and makes the database
-            # of a run killed before it wrote one
-            with active_run(store.root):
-                if not store.db_path.exists():
-                    store.refresh_db()
-            interrupts.set_tally(lambda: (finished, 0))
-            summary = Summary(counts=Counter(skipped=finished))
-            summary.wall = time.perf_counter() - start
-            _print_summary(summary)
-            return
-
-    from edmgrid.config.space import MAX_JOBS, load_space
-    from edmgrid.run.runner import run_space
-
-    _use_pythonpath(pythonpath)
-    if inception is not None:
-        from edmgrid.engine.fid import ENV_VAR
-
-        os.environ[ENV_VAR] = str(inception.expanduser().resolve())
-    loaded = load_space(
+    result = api.run(
         space,
-        max_jobs=None if yes else MAX_JOBS,
-        overrides=overrides,
-        check_inputs=True,
-        plugins=plugin,
-    )
-    _warn_extreme_sigma(loaded)
-    if not force:
-        _warn_stale(loaded, store, rerun_stale)
-    slurm: dict[str, Any] = {"partition": partition, "account": account, "time": time_limit}
-    if detach:
-        _detach(executor, loaded, store, slurm)
-        return
-    if executor == "slurm":
-        slurm["settings"] = loaded.file.slurm
-    options = {"workers": workers, "gpus": gpus, "address": address, **slurm}
-    chosen = _executor(executor, devices, **options)
-    summary = run_space(
-        loaded,
-        store,
-        executor=chosen,
+        results,
         force=force,
         retry_failed=retry_failed,
         rerun_stale=rerun_stale,
+        executor=executor,
+        workers=workers,
+        devices=devices,
+        gpus=gpus,
+        address=address,
+        partition=partition,
+        account=account,
+        time_limit=time_limit,
         train_gpus=train_gpus,
-        fingerprint=fingerprint,
+        detach=detach,
+        yes=yes,
+        data=data,
+        inception=inception,
+        pythonpath=pythonpath,
+        plugin=plugin,
     )
-    summary.wall = time.perf_counter() - start
-    _print_summary(summary)
-    if not summary.ok:
-        raise typer.Exit(1)
-
-
-def _warn_stale(space: Any, store: Any, rerun: bool) -> None:
-    """Say how many of the space's done rows other code computed (``run/provenance.py``)."""
-    from edmgrid.run.provenance import code_fingerprint
-
-    stale = store.stale([j.job_id for j in space.jobs], code_fingerprint())
-    if not stale:
-        return
-    what = f"{len(stale)} of {len(space.jobs)} rows of space {space.name}"
-    if rerun:
-        sys.stderr.write(f"re-running {what}: other code computed them\n")
-    else:
-        sys.stderr.write(
-            f"warning: {what} were computed by other code (their code_fingerprint is not "
-            f"{code_fingerprint()}); kept as they are, --rerun-stale evaluates them again\n"
+    if isinstance(result, api.Detached):
+        _console().print(
+            f"submitted the run of {result.space} as Slurm job {result.job}; "
+            f"follow it with: edmgrid status -r {result.results} --wait",
+            highlight=False,
         )
-
-
-def _detach(executor: str, loaded: Any, store: Any, flags: dict[str, Any]) -> None:
-    """``run --detach``: this command line, without ``--detach``, as a Slurm job."""
-    from edmgrid.run.executors.slurm import detach
-
-    if executor != "slurm":
-        raise InputError("--detach needs --executor slurm (the run becomes a Slurm job)")
-    argv = [arg for arg in sys.argv[1:] if arg != "--detach"]
-    job = detach(argv, store.root, loaded.name, loaded.file.slurm, **flags)
-    _console().print(
-        f"submitted the run of {loaded.name} as Slurm job {job}; "
-        f"follow it with: edmgrid status -r {store.root} --wait",
-        highlight=False,
-    )
-
-
-def _finished_jobs(text: bytes, store: Any, fingerprint: str) -> int | None:
-    """The number of jobs of a space whose every job is done (as recorded), else None.
-
-    The fast path of a no-op re-run: it reads the space's name and the store, and neither
-    imports nor validates the space schemas. Not with plugins: an edited plugin changes the
-    ids of its jobs, which only validating the space finds.
-    """
-    from importlib import metadata
-
-    import yaml
-
-    from edmgrid.registry import ENTRY_POINTS
-
-    try:
-        doc = yaml.safe_load(text)
-        name = doc["name"]
-    except Exception:  # not a valid space: load_space reports it
-        return None
-    if doc.get("plugins") or metadata.entry_points(group=ENTRY_POINTS):
-        return None
-    jobs = store.finished(str(name), fingerprint)
-    return None if jobs is None else len(jobs)
+        return
+    _print_summary(result)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def _print_summary(summary: Any) -> None:
@@ -379,26 +266,8 @@ def status(
     ),
 ) -> None:
     """How far each space of the results is: rows done/failed, running, and Slurm's queue."""
-    import time
-
-    from edmgrid.run.status import grid_status
-    from edmgrid.run.store import Store
-
-    store = Store(results)
-    spaces = grid_status(store, space)
-    if wait and any(s.attached for s in spaces):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()) as bar:
-            lines = {s.space: bar.add_task(s.space, total=s.jobs) for s in spaces}
-            while any(s.attached for s in spaces):
-                for s in spaces:
-                    queued = ", ".join(f"{n} {k.lower()}" for k, n in sorted(s.queue.items()))
-                    text = f"{s.space} (driver {s.driver.lower()}; jobs: {queued or 'none'})"
-                    done = s.done + s.failed
-                    bar.update(lines[s.space], completed=done, total=s.jobs, description=text)
-                time.sleep(2.0)
-                spaces = grid_status(store, space)
+    with _StatusBars() as bars:
+        spaces = api.status(results, space, wait, watch=bars.update)
     rows = (
         (
             s.space,
@@ -408,7 +277,7 @@ def status(
             s.running,
             s.todo,
             s.driver or "-",
-            ", ".join(f"{n} {k.lower()}" for k, n in sorted(s.queue.items())) or "-",
+            _queue(s) or "-",
         )
         for s in spaces
     )
@@ -421,6 +290,42 @@ def status(
         raise typer.Exit(1)
 
 
+def _queue(space: Any) -> str:
+    """A space's Slurm jobs by state ("2 running, 1 pending")."""
+    return ", ".join(f"{n} {k.lower()}" for k, n in sorted(space.queue.items()))
+
+
+class _StatusBars:
+    """``status --wait``'s progress bars, one per space, opened at the first look."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.lines: dict[str, Any] = {}
+
+    def update(self, spaces: list[Any]) -> None:
+        if self.progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()
+            )
+            self.progress.start()
+            self.lines = {s.space: self.progress.add_task(s.space, total=s.jobs) for s in spaces}
+        for s in spaces:
+            text = f"{s.space} (driver {s.driver.lower()}; jobs: {_queue(s) or 'none'})"
+            done = s.done + s.failed
+            self.progress.update(
+                self.lines[s.space], completed=done, total=s.jobs, description=text
+            )
+
+    def __enter__(self) -> _StatusBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
 @app.command()
 def show(
     space: Path = typer.Argument(..., help="Space file (YAML)."),
@@ -429,45 +334,13 @@ def show(
     plugin: list[str] = PLUGIN,
 ) -> None:
     """Print the expanded, fully resolved jobs of SPACE (a dry run)."""
-    from edmgrid.config.space import MAX_JOBS, load_space
-    from edmgrid.run.jobs import flatten
-
-    loaded = load_space(space, max_jobs=None if yes else MAX_JOBS, plugins=plugin)
-    _warn_extreme_sigma(loaded)
+    loaded = api.show(space, yes, plugin)
     if as_json:
         jobs = [{"job_id": j.job_id, **j.resolved()} for j in loaded.jobs]
         sys.stdout.write(_json({"space": loaded.name, "jobs": jobs}) + "\n")
         return
-    configs = [flatten(j.resolved()) for j in loaded.jobs]
-    names = dict.fromkeys(name for config in configs for name in config)  # in order of appearance
-    # a setting varies if its set values differ (unset: a parameter of another choice, or None)
-    varying = [n for n in names if len({str(c[n]) for c in configs if c.get(n) is not None}) > 1]
-    rows = (
-        (job.job_id, "  ".join(f"{n}={config.get(n)}" for n in varying))
-        for job, config in zip(loaded.jobs, configs, strict=True)
-    )
+    rows = api.varying_settings(loaded)
     _print_table(["job_id", "varying settings"], rows, f"{loaded.name}: {len(loaded.jobs)} jobs")
-
-
-def _warn_extreme_sigma(space: Any) -> None:
-    """Name the jobs whose default σ_max is extreme (``SamplerSpec.extreme_default_sigma_max``)
-    and the fix, one line per time steps, schedule and σ_max."""
-    from edmgrid.config.sampler import EXTREME_SIGMA_MAX
-
-    groups: dict[tuple[str, str, float], list[str]] = {}
-    for job in space.jobs:
-        sigma_max = job.sampler.extreme_default_sigma_max()
-        if sigma_max is not None:
-            key = (job.sampler.timesteps.name, job.sampler.schedule.name, sigma_max)
-            groups.setdefault(key, []).append(job.job_id)
-    for (steps, schedule, sigma_max), ids in groups.items():
-        named = ", ".join(ids[:4]) + (f" and {len(ids) - 4} more" if len(ids) > 4 else "")
-        sys.stderr.write(
-            f"warning: {len(ids)} job(s) of {space.name} ({named}): {steps} time steps on the "
-            f"{schedule} schedule default to σ_max = {sigma_max:.6g}, over {EXTREME_SIGMA_MAX:g} "
-            "(Table 1 uses 80 to 152); set sampler.timesteps.sigma_max (e.g. 80) or use edm "
-            "time steps\n"
-        )
 
 
 @app.command()
@@ -476,11 +349,7 @@ def axes(
     plugin: list[str] = PLUGIN,
 ) -> None:
     """List every design axis, its choices (plugins' too) and their parameter defaults."""
-    from edmgrid.config.axes import all_registries
-    from edmgrid.config.plugins import load_plugins
-
-    load_plugins(plugin, Path.cwd(), path="--plugin")
-    described = {name: reg.describe() for name, reg in all_registries().items()}
+    described = api.axes(plugin)
     if as_json:
         sys.stdout.write(_json(described) + "\n")
         return
@@ -503,18 +372,7 @@ def schema(
     plugin: list[str] = PLUGIN,
 ) -> None:
     """Print the JSON Schema of a space file, for editor completion (docs/extending.md)."""
-    from edmgrid.config.plugins import load_plugins
-    from edmgrid.config.schema import space_schema
-
-    folder = space.parent if space is not None else Path.cwd()
-    load_plugins(plugin, folder, path="--plugin")
-    if space is not None:
-        from edmgrid.config.space import parse_yaml, read_text
-
-        raw, _ = parse_yaml(read_text(space), str(space))
-        named = raw.get("plugins", []) if isinstance(raw, dict) else []
-        load_plugins(named if isinstance(named, list) else [named], folder, file=str(space))
-    sys.stdout.write(_json(space_schema()) + "\n")
+    sys.stdout.write(_json(api.schema(space, plugin)) + "\n")
 
 
 @app.command()
@@ -556,19 +414,17 @@ def compare(
     csv and json give one record per cell (its keys, mean, n, lo, hi, min, nfe, marks); table,
     markdown and latex the ROWS × COLS table with the legend under it.
     """
-    from edmgrid.run.compare import compare as run_compare
-    from edmgrid.run.store import Store
-
-    result = run_compare(
-        Store(results),
+    result, kind = api.compare(
+        results,
         space,
-        _split(rows),
-        _split(cols),
-        value,
-        stat=stat,  # type: ignore[arg-type]
-        aggregate=aggregate,  # type: ignore[arg-type]
         all_spaces=all_spaces,
+        rows=rows,
+        cols=cols,
+        value=value,
+        stat=stat,
+        aggregate=aggregate,
         include_trials=include_trials,
+        plot=plot,
         allow_mixed=allow_mixed,
     )
     if fmt in ("csv", "json"):
@@ -578,14 +434,7 @@ def compare(
         prefix = "% " if fmt == "latex" else ""
         sys.stdout.write("".join(f"{prefix}{note}\n" for note in result.notes))
     if plot is not None:
-        from edmgrid.run.plots import plot_comparison
-
-        kind = plot_comparison(result, plot, title=result.space or str(results))
         sys.stderr.write(f"wrote {plot} ({kind})\n")
-
-
-def _split(text: str) -> list[str]:
-    return [c.strip() for c in text.split(",") if c.strip()]
 
 
 @app.command()
@@ -597,20 +446,8 @@ def samples(
     pythonpath: list[Path] = PYTHONPATH,
 ) -> None:
     """Re-create a stored job and save a grid of its samples (deterministic: its seeds)."""
-    from edmgrid.config.job import JobSpec
-    from edmgrid.config.plugins import load_plugins, recorded_plugins
-    from edmgrid.engine.evaluate import draw_samples
-    from edmgrid.run.plots import save_samples
-    from edmgrid.run.store import Store
-
-    _use_pythonpath(pythonpath)
-    store = Store(results)
-    config = store.config(job_id)
-    load_plugins(recorded_plugins(config), Path.cwd())
-    job = JobSpec.model_validate(config)
-    dataset, drawn = draw_samples(job, store.cache, n)
-    save_samples(drawn, dataset, out, title=f"{job_id}: seeds {job.seeds} (first {len(drawn)})")
-    sys.stderr.write(f"wrote {out} ({len(drawn)} samples)\n")
+    drawn = api.samples(job_id, results, out=out, n=n, pythonpath=pythonpath)
+    sys.stderr.write(f"wrote {out} ({drawn} samples)\n")
 
 
 @app.command()
@@ -620,9 +457,7 @@ def sql(
     fmt: str = typer.Option("table", "--format", help=FORMAT_HELP),
 ) -> None:
     """Run a read-only SQL query over the results (DuckDB)."""
-    from edmgrid.run.store import Store
-
-    _print_frame(Store(results).query(query), fmt)
+    _print_frame(api.sql(query, results), fmt)
 
 
 RANGE_HELP = "MIN MAX search range (overrides the space's search: section)."
@@ -665,32 +500,28 @@ def optuna_churn(
     study (results/optuna/journal.log); every trial is also a row of the store. Trials run on
     the executors of `run`, one per worker at a time, asked and told by this process.
     """
-    from edmgrid.config.space import load_space
-    from edmgrid.run.churn.driver import Options, pick_job, run_churn
-    from edmgrid.run.churn.search import default_metric
-    from edmgrid.run.churn.study import Settings
-    from edmgrid.run.store import Store
-
-    store = Store(results)
-    ranges = {"S_churn": s_churn, "S_min": s_min, "S_max": s_max, "S_noise": s_noise}
-    overrides = {k: v for k, v in ranges.items() if v is not None}
-    loaded = load_space(space, max_jobs=None) if space is not None else None
-    settings = None
-    if loaded is not None or job is not None or study is None:
-        base = pick_job(store, loaded, job)
-        settings = Settings(base, metric or default_metric(base), num_samples)
-    options = Options(trials, sampler, seed, final_samples, top_k)
-    chosen = _executor(executor, devices, workers=workers, gpus=gpus, address=address)
     console = _console()
-    report = run_churn(
-        store,
-        settings,
-        options,
-        section=loaded.file.search if loaded else None,
-        overrides=overrides,
-        source=loaded.source if loaded else None,
-        study_name=study,
-        executor=chosen,
+    report = api.optuna_churn(
+        space,
+        job,
+        study,
+        trials=trials,
+        sampler=sampler,
+        seed=seed,
+        metric=metric,
+        num_samples=num_samples,
+        final_samples=final_samples,
+        top_k=top_k,
+        s_churn=s_churn,
+        s_min=s_min,
+        s_max=s_max,
+        s_noise=s_noise,
+        executor=executor,
+        workers=workers,
+        devices=devices,
+        gpus=gpus,
+        address=address,
+        results=results,
         log=lambda line: console.print(line, highlight=False, soft_wrap=True),
     )
     _print_churn(report)
