@@ -3,9 +3,9 @@ options, by their Python names, with the same defaults); ``cli.py`` parses the c
 them, prints what they return and turns it into an exit code. Errors are ``EdmgridError``s
 (``InputError``: bad input); warnings go to ``warn`` (default: a line on stderr).
 
-Heavy modules (torch, pandas, the space schemas) are imported inside the functions, each such
-import marked ``# torch, lazily``: ``show``, ``axes`` and a ``run`` with nothing to do load
-neither torch nor pandas.
+Each function imports what it needs inside itself, so that importing this module (``edmgrid
+--help``) costs nothing, and ``show``, ``axes`` and a ``run`` with nothing to do load neither torch
+nor pandas; an import that loads torch is marked ``# torch, lazily``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def use_pythonpath(folders: Sequence[Path]) -> None:
 def make_executor(name: str, devices: str | None, **options: Any) -> Executor:
     """The executor of ``--executor`` and its options (None: not given; ``devices``:
     comma-separated GPU ids)."""
-    from edmgrid.run.executors import make_executor as make  # torch, lazily
+    from edmgrid.run.executors import make_executor as make
 
     chosen = split(devices) if devices is not None else None
     return make(name, devices=chosen, **options)
@@ -132,12 +132,12 @@ def run(
             summary.wall = time.perf_counter() - start
             return summary
 
-    from edmgrid.config.space import MAX_JOBS, load_space  # torch, lazily (the schemas)
+    from edmgrid.config.space import MAX_JOBS, load_space
     from edmgrid.run.runner import run_space
 
     use_pythonpath(pythonpath)
     if inception is not None:
-        from edmgrid.engine.fid import ENV_VAR
+        from edmgrid.engine.fid import ENV_VAR  # torch, lazily
 
         os.environ[ENV_VAR] = str(inception.expanduser().resolve())
     loaded = load_space(
@@ -351,7 +351,7 @@ def compare(
 ) -> tuple[Comparison, str | None]:
     """ROWS × COLS → VALUE (comma-separated columns; ``run.compare.compare``), and with
     ``plot``, the kind of figure drawn there (``run.plots.plot_comparison``)."""
-    from edmgrid.run.compare import compare as run_compare  # pandas, lazily
+    from edmgrid.run.compare import compare as run_compare
     from edmgrid.run.store import Store
 
     result = run_compare(
@@ -368,7 +368,7 @@ def compare(
     )
     kind = None
     if plot is not None:
-        from edmgrid.run.plots import plot_comparison
+        from edmgrid.run.plots import plot_comparison  # torch, lazily
 
         kind = plot_comparison(result, plot, title=result.space or str(results))
     return result, kind
@@ -383,9 +383,9 @@ def samples(
 ) -> int:
     """Re-create a stored job and save a grid of its first ``n`` samples to ``out``
     (deterministic: its seeds); how many it drew."""
-    from edmgrid.config.job import JobSpec  # torch, lazily
+    from edmgrid.config.job import JobSpec
     from edmgrid.config.plugins import load_plugins, recorded_plugins
-    from edmgrid.engine.evaluate import draw_samples
+    from edmgrid.engine.evaluate import draw_samples  # torch, lazily
     from edmgrid.run.plots import save_samples
     from edmgrid.run.store import Store
 
@@ -401,7 +401,7 @@ def samples(
 
 def sql(query: str, results: Path = RESULTS) -> DataFrame:
     """A read-only SQL query over the results (DuckDB)."""
-    from edmgrid.run.store import Store  # pandas, lazily
+    from edmgrid.run.store import Store
 
     return Store(results).query(query)
 
@@ -431,7 +431,7 @@ def optuna_churn(
 ) -> Report:
     """Search the stochastic sampler's S_churn, S_min, S_max, S_noise with Optuna (EDM Table 5;
     ``run.churn``), ``log`` told each trial."""
-    from edmgrid.config.space import load_space  # torch, lazily
+    from edmgrid.config.space import load_space
     from edmgrid.run.churn.driver import Options, pick_job, run_churn
     from edmgrid.run.churn.search import default_metric
     from edmgrid.run.churn.study import Settings
