@@ -162,6 +162,7 @@ def busy(size: Size, workers: int, folder: Path) -> tuple[float, float]:
         "base": {
             "data": {"name": "digits"},
             "model": {"kind": "analytic"},
+            "sampler": {"timesteps": {"name": "edm"}},
             "metrics": [{"name": "fd_raw"}],
             "seeds": f"0-{size.busy_seeds - 1}",
         },
