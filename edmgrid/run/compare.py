@@ -177,7 +177,8 @@ def compare(
     check_columns(frame, [*named, value])
     frame = frame[frame[value].notna()].copy()
     if frame.empty:
-        raise InputError(f"no done rows have a value of {value!r}")
+        left_out = f"; {notes[-1]}" if len(notes) > 1 else ""
+        raise InputError(f"no done rows of {notes[0][6:]} have a value of {value!r}{left_out}")
     if not allow_mixed:
         check_comparable(frame, value)
     frame["_config"] = [_identity(r) for r in frame.to_dict("records")]
