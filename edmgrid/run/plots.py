@@ -22,9 +22,10 @@ SAMPLER = ("solver", "timesteps", "schedule", "scaling")
 EDM_SAMPLER = ("heun", "edm", "linear", "none")
 #: The column of the x axis and the config column it follows from.
 NFE, STEPS = "nfe", "timesteps_num_steps"
-#: An original sampler and the EDM sampler are one family (one colour) when their σ ranges
-#: (σ_min, σ_max used) agree within this factor at both ends.
-SAME_RANGE = 1.25
+#: An original sampler and the EDM sampler are one family (one colour) when the largest σ they
+#: start from (``sigma_max_used``) agrees within this factor; σ_min is no guide (iDDPM's last
+#: σ is a rounded index: 0.0064 at M = 1000, not the 0.002 its EDM counterpart is given).
+SAME_RANGE = 1.1
 
 
 def _pyplot() -> Any:
@@ -96,32 +97,30 @@ def _labels(keys: list[str], parts: list[dict[str, Any]]) -> list[str]:
 
 def _families(lines: list[tuple[dict[str, Any], Any]]) -> list[tuple[int, bool]]:
     """(colour index, is the EDM sampler) per line: an original sampler takes the colour of the
-    EDM sampler line whose σ range agrees with its own (``SAME_RANGE``), as in Fig. 2."""
+    EDM sampler line that starts from the nearest σ_max, if within ``SAME_RANGE`` (Fig. 2)."""
 
     def value(parts: dict[str, Any], rows: Any, column: str) -> Any:
         return (
             parts[column] if column in parts else rows[column].iloc[0] if column in rows else None
         )
 
-    def span(rows: Any) -> tuple[float, float] | None:
-        if not {"sigma_min_used", "sigma_max_used"} <= set(rows.columns):
-            return None
-        lo, hi = rows["sigma_min_used"].median(), rows["sigma_max_used"].median()
-        return (float(lo), float(hi)) if lo > 0 and hi > 0 else None
+    def start(rows: Any) -> float | None:
+        high = rows["sigma_max_used"].median() if "sigma_max_used" in rows else math.nan
+        return float(high) if high > 0 else None  # NaN (unknown) compares False
 
     edm = [tuple(value(p, r, c) for c in SAMPLER) == EDM_SAMPLER for p, r in lines]
-    spans = [span(rows) for _, rows in lines]
+    starts = [start(rows) for _, rows in lines]
     colours = list(range(len(lines)))
-    if any(edm) and not all(edm):
-        limit = math.log(SAME_RANGE)
-        for i, line_span in enumerate(spans):
-            if edm[i] or line_span is None:
-                continue
-            for j, other in enumerate(spans):
-                if edm[j] and other is not None:
-                    gaps = [abs(math.log(a / b)) for a, b in zip(line_span, other, strict=True)]
-                    if max(gaps) <= limit:
-                        colours[i] = j
+    for i, sigma in enumerate(starts):
+        if edm[i] or sigma is None:
+            continue
+        for j, other in enumerate(starts):
+            if (
+                edm[j]
+                and other is not None
+                and abs(math.log(sigma / other)) <= math.log(SAME_RANGE)
+            ):
+                colours[i] = j
     order = {c: k for k, c in enumerate(dict.fromkeys(colours))}
     return [(order[c], e) for c, e in zip(colours, edm, strict=True)]
 
@@ -146,9 +145,9 @@ def _lines(ax: Any, result: Comparison) -> None:
 
     plain = _plain_numbers()
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(cells[NFE].unique()))
+    ticks = sorted(cells[NFE].unique())
+    ax.set_xticks(ticks, _spaced(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(plain)
     low = np.nanmin(np.where(cells["lo"].notna(), cells["lo"], cells["mean"]))
     high = cells["mean"].max()
     if low > 0:
@@ -161,6 +160,17 @@ def _lines(ax: Any, result: Comparison) -> None:
     if len(lines) > 1:
         legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         legend.set_in_layout(False)  # beside the axes, which keep their size; the image grows
+
+
+def _spaced(ticks: list[float], ratio: float = 1.2) -> list[str]:
+    """Labels of log-axis ``ticks``, blank where a tick is within ``ratio`` of the last labelled
+    one (7 and 8 NFE: 8 keeps its tick mark, unlabelled)."""
+    labels, last = [], -math.inf
+    for tick in ticks:
+        keep = tick >= last * ratio
+        labels.append(f"{tick:.4g}" if keep else "")
+        last = tick if keep else last
+    return labels
 
 
 def _bars(ax: Any, result: Comparison) -> None:
