@@ -20,6 +20,8 @@ from edmgrid.run.compare import Comparison
 #: The sampler columns of a line; the EDM sampler's values of them (Table 1, last column).
 SAMPLER = ("solver", "timesteps", "schedule", "scaling")
 EDM_SAMPLER = ("heun", "edm", "linear", "none")
+#: The time steps of Table 1's original samplers (the dashed lines of Fig. 2).
+ORIGINAL_TIMESTEPS = ("vp", "ve", "iddpm")
 #: The column of the x axis and the config column it follows from.
 NFE, STEPS = "nfe", "timesteps_num_steps"
 #: An original sampler and the EDM sampler are one family (one colour) when the largest σ they
@@ -96,8 +98,9 @@ def _labels(keys: list[str], parts: list[dict[str, Any]]) -> list[str]:
 
 
 def _families(lines: list[tuple[dict[str, Any], Any]]) -> list[tuple[int, bool]]:
-    """(colour index, is the EDM sampler) per line: an original sampler takes the colour of the
-    EDM sampler line that starts from the nearest σ_max, if within ``SAME_RANGE`` (Fig. 2)."""
+    """(colour index, solid) per line: an original sampler (``ORIGINAL_TIMESTEPS``, dashed)
+    takes the colour of the EDM sampler line that starts from the nearest σ_max, if within
+    ``SAME_RANGE`` (Fig. 2); every other line is solid in a colour of its own."""
 
     def value(parts: dict[str, Any], rows: Any, column: str) -> Any:
         return (
@@ -109,20 +112,22 @@ def _families(lines: list[tuple[dict[str, Any], Any]]) -> list[tuple[int, bool]]
         return float(high) if high > 0 else None  # NaN (unknown) compares False
 
     edm = [tuple(value(p, r, c) for c in SAMPLER) == EDM_SAMPLER for p, r in lines]
+    original = [value(p, r, "timesteps") in ORIGINAL_TIMESTEPS for p, r in lines]
     starts = [start(rows) for _, rows in lines]
     colours = list(range(len(lines)))
     for i, sigma in enumerate(starts):
-        if edm[i] or sigma is None:
+        if not original[i] or sigma is None:
             continue
-        for j, other in enumerate(starts):
-            if (
-                edm[j]
-                and other is not None
-                and abs(math.log(sigma / other)) <= math.log(SAME_RANGE)
-            ):
-                colours[i] = j
+        gaps = {
+            j: abs(math.log(sigma / other))
+            for j, other in enumerate(starts)
+            if edm[j] and other is not None
+        }
+        nearest = min(gaps, key=gaps.__getitem__, default=None)
+        if nearest is not None and gaps[nearest] <= math.log(SAME_RANGE):
+            colours[i] = nearest
     order = {c: k for k, c in enumerate(dict.fromkeys(colours))}
-    return [(order[c], e) for c, e in zip(colours, edm, strict=True)]
+    return [(order[c], not o) for c, o in zip(colours, original, strict=True)]
 
 
 def _lines(ax: Any, result: Comparison) -> None:
@@ -136,10 +141,10 @@ def _lines(ax: Any, result: Comparison) -> None:
         for k, rows in groups
     ]
     labels = _labels(keys, [parts for parts, _ in lines])
-    for (_, rows), label, (colour, edm) in zip(lines, labels, _families(lines), strict=True):
+    for (_, rows), label, (colour, solid) in zip(lines, labels, _families(lines), strict=True):
         ax.errorbar(
             rows[NFE], rows["mean"], yerr=_errors(rows), marker="o", markersize=4, capsize=3,
-            color=f"C{colour % 10}", linestyle="-" if edm else "--", label=label,
+            color=f"C{colour % 10}", linestyle="-" if solid else "--", label=label,
         )  # fmt: skip
     from matplotlib.ticker import NullLocator
 
