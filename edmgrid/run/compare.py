@@ -115,12 +115,13 @@ def check_comparable(frame: Any, value: str) -> None:
 
 
 def config_columns(frame: Any) -> list[str]:
-    """The flattened config columns of the rows (from their stored ``config_json``)."""
-    keys: dict[str, None] = {}
+    """The flattened config columns of the rows (from their stored ``config_json``), in the
+    order of the row's columns (the resolved config's: solver before time steps …)."""
+    keys: set[str] = set()
     if "config_json" in frame.columns:
         for text in frame["config_json"].dropna():
-            keys.update(dict.fromkeys(flatten(json.loads(text))))
-    return [k for k in keys if k in frame.columns]
+            keys.update(flatten(json.loads(text)))
+    return [c for c in frame.columns if c in keys]
 
 
 @dataclass
