@@ -18,9 +18,9 @@ and nowhere else:
 
            Why these: on digits (50 kimg, x-flips off, σ_data 0.75; 211 before), vp-E's fd
            was 101 with the EMA at the paper's share and 66 stretched; 28 at 100 kimg. Doubling
-           the width instead gave 32 at 1.6× the cost, halving the batch 54, doubling the
-           learning rate 53. 80 kimg at 16 channels keeps the 12 trainings and evaluations of
-           spaces/table2.yaml within 20 minutes of 2 idle cores.
+           the width instead gave 32 at 1.3× the CPU time of that, halving the batch 54,
+           doubling the learning rate 53. 80 kimg at 16 channels keeps the 12 trainings and
+           evaluations of spaces/table2.yaml within 20 minutes of 2 idle cores (≈ 17, README).
 
 What the data set decides (:func:`for_data`, applied to every job's Table 2 cell): dataset
 x-flips in A–E only where mirrored images are valid data, and σ_data of EDM's preconditioning
