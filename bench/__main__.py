@@ -26,6 +26,7 @@ SECTIONS = {
     "sampler": "bench.sampler",
     "training": "bench.training",
     "scheduler": "bench.scheduler",
+    "gpu": "bench.gpu",
 }
 
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -51,3 +51,16 @@ def test_tiny_training_bench_reports_the_throughput_ratio(tmp_path: Path):
     text = out.read_text()
     assert "bare PyTorch loop" in text and "≥ 0.95" in text
     assert float(text.split("**")[1]) > 0
+
+
+@pytest.mark.bench
+def test_tiny_gpu_bench_reports_every_ratio_on_the_available_device(tmp_path: Path):
+    out = tmp_path / "RESULTS.md"
+    main(["gpu", "--tiny", "--out", str(out)])
+    text = out.read_text()
+    for figure in ("bare PyTorch loop", "bare denoiser calls", "bf16 against fp32", "GPU busy"):
+        assert figure in text
+    ratios = [float(cell) for cell in text.split("**")[1::2]]
+    assert len(ratios) >= 3 and all(r > 0 for r in ratios)
+    if not torch.cuda.is_available():
+        assert "not applicable (no GPU)" in text and "fit's network on cpu" in text

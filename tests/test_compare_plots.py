@@ -247,3 +247,19 @@ def test_list_columns_print_as_comma_separated_cells(tmp_path: Path) -> None:
             "markdown"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.output.splitlines()[-1] == "| 2, 3.5 | 0-9, 10-19 |"
+
+
+def test_solvers_on_the_same_edm_steps_are_not_paired(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for i, solver in enumerate(("euler", "heun")):
+        sampler = (solver, "edm", "linear", "none")
+        for steps in (4, 8):
+            for row in _sampler_rows(10 * i + steps, sampler, steps, (0.002, 80.0), [0.1, 0.2]):
+                store.write(row)
+    fig, ax = plt.subplots()
+    _lines(ax, compare(store, value="ode_error", all_spaces=True))
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels == ["euler", "heun"]
+    styles = [(h.lines[0].get_color(), h.lines[0].get_linestyle()) for h in handles]
+    assert styles == [("C0", "-"), ("C1", "-")]
+    plt.close(fig)

@@ -154,7 +154,7 @@ def test_label_dim_makes_a_callable_class_conditional():
 
     from edmgrid.engine.evaluate import sample_seeds
 
-    sample_seeds(Conditional(), heun(2), [0, 1, 2], (3,))
+    sample_seeds(Conditional(), heun(2), [0, 1, 2], (3,), torch.device("cpu"))
     assert seen[0].shape == (3, 4) and bool((seen[0].sum(1) == 1).all())
 
 

@@ -185,11 +185,12 @@ def test_a_training_of_train_gpus_k_holds_k_gpus_and_is_told_k(tmp_path: Path) -
     summary = run_space(space, store, executor=executor, trainer=trainer, train_gpus=2)
     assert summary.ok and summary.counts["done"] == 2 + 4
     trainings = store.query("SELECT device, devices, started_at, created_at FROM trainings")
-    assert list(trainings["device"]) == ["cuda:0,1", "cuda:0,1"]
+    assert list(trainings["device"]) == ["cpu (simulated GPU 0,1)"] * 2  # conftest
     assert list(trainings["devices"]) == [2, 2]
     first, second = trainings.sort_values("started_at").itertuples()
     assert second.started_at >= first.created_at, "two 2-GPU trainings shared 2 GPUs"
-    assert set(store.query("SELECT device FROM runs")["device"]) == {"cuda:0", "cuda:1"}
+    runs = set(store.query("SELECT device FROM runs")["device"])
+    assert runs == {"cpu (simulated GPU 0)", "cpu (simulated GPU 1)"}
 
 
 def test_on_cpu_a_training_of_k_devices_gets_the_threads_of_k_workers(tmp_path: Path) -> None:

@@ -101,7 +101,7 @@ class TrainingSpec(Strict):
     xflip: bool = False
     cond: bool = False
     seed: int = Field(0, ge=0)
-    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
+    precision: Precision = DEFAULT
     loss_scaling: Annotated[float, Field(gt=0)] | Literal["dynamic"] = 1.0
     batch_gpu: int | None = Field(None, ge=1)
     tick_kimg: float = Field(50, gt=0)

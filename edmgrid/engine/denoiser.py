@@ -40,7 +40,9 @@ def sigma_limits(denoiser: Denoiser) -> tuple[float, float]:
 def round_sigma(denoiser: Denoiser, sigma: Tensor) -> Tensor:
     """σ rounded by the denoiser's ``round_sigma`` (else as it is), in σ's dtype and device."""
     rounding = getattr(denoiser, "round_sigma", None)
-    return sigma if rounding is None else torch.as_tensor(rounding(sigma)).to(sigma)
+    if rounding is None:
+        return sigma
+    return torch.as_tensor(rounding(sigma), dtype=sigma.dtype, device=sigma.device)
 
 
 def label_dim(denoiser: Denoiser) -> int:

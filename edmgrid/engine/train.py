@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from edmgrid.config.job import JobSpec
 from edmgrid.config.model import HOW_FIELDS, TrainedModel, TrainingSpec
+from edmgrid.design.precision import autocast, matmul_precision
 from edmgrid.engine.data import Dataset, load_data, to_unit
 from edmgrid.engine.datafiles import ImageFiles
 from edmgrid.engine.device import worker_device
@@ -196,14 +197,14 @@ def fit(
     total, snapshot_images = round(hp.duration_kimg * 1000), _images(hp.snapshot_kimg)
     tick = Tick(run.seen, device)
     speed = Tick(run.seen, device)
-    with _matmul_precision(hp.precision, device):
+    with matmul_precision(hp.precision, device):
         while run.seen < total:
             y, x, sigma, labels, augment_labels = batches.draw(hp.batch_size)
             weight = model.loss_weight(sigma)
             loss = torch.zeros((), device=device)
             for r in range(rounds):  # gradient accumulation over this process's slices
                 part = slice(rank * per_rank + r * batch_gpu, rank * per_rank + (r + 1) * batch_gpu)
-                with _sync(net, r == rounds - 1), _autocast(hp.precision, device):
+                with _sync(net, r == rounds - 1), autocast(hp.precision, device):
                     D = net(
                         x[part], sigma[part].flatten(), _at(labels, part), _at(augment_labels, part)
                     )
@@ -321,39 +322,6 @@ def _sync(net: torch.nn.Module, last_round: bool) -> contextlib.AbstractContextM
     if last_round or not isinstance(net, torch.nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return net.no_sync()
-
-
-def _autocast(precision: str, device: torch.device) -> torch.autocast:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
-@contextlib.contextmanager
-def _matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
-    """TF32 only for ``tf32`` (the official loop turns it and reduced-precision fp16
-    reductions off); cuDNN autotuning on (official ``--bench``). Restored after."""
-    if device.type != "cuda":
-        yield
-        return
-    backends = torch.backends
-    saved = (
-        backends.cuda.matmul.allow_tf32,
-        backends.cudnn.allow_tf32,
-        backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
-        backends.cudnn.benchmark,
-    )
-    backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = precision == "tf32"
-    backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
-    backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        (
-            backends.cuda.matmul.allow_tf32,
-            backends.cudnn.allow_tf32,
-            backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
-            backends.cudnn.benchmark,
-        ) = saved
 
 
 class Batches:

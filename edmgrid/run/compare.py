@@ -115,12 +115,13 @@ def check_comparable(frame: Any, value: str) -> None:
 
 
 def config_columns(frame: Any) -> list[str]:
-    """The flattened config columns of the rows (from their stored ``config_json``)."""
-    keys: dict[str, None] = {}
+    """The flattened config columns of the rows (from their stored ``config_json``), in the
+    order of the row's columns (the resolved config's: solver before time steps …)."""
+    keys: set[str] = set()
     if "config_json" in frame.columns:
         for text in frame["config_json"].dropna():
-            keys.update(dict.fromkeys(flatten(json.loads(text))))
-    return [k for k in keys if k in frame.columns]
+            keys.update(flatten(json.loads(text)))
+    return [c for c in frame.columns if c in keys]
 
 
 @dataclass
@@ -177,7 +178,8 @@ def compare(
     check_columns(frame, [*named, value])
     frame = frame[frame[value].notna()].copy()
     if frame.empty:
-        raise InputError(f"no done rows have a value of {value!r}")
+        left_out = f"; {notes[-1]}" if len(notes) > 1 else ""
+        raise InputError(f"no done rows of {notes[0][6:]} have a value of {value!r}{left_out}")
     if not allow_mixed:
         check_comparable(frame, value)
     frame["_config"] = [_identity(r) for r in frame.to_dict("records")]

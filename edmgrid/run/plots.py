@@ -20,11 +20,14 @@ from edmgrid.run.compare import Comparison
 #: The sampler columns of a line; the EDM sampler's values of them (Table 1, last column).
 SAMPLER = ("solver", "timesteps", "schedule", "scaling")
 EDM_SAMPLER = ("heun", "edm", "linear", "none")
+#: The time steps of Table 1's original samplers (the dashed lines of Fig. 2).
+ORIGINAL_TIMESTEPS = ("vp", "ve", "iddpm")
 #: The column of the x axis and the config column it follows from.
 NFE, STEPS = "nfe", "timesteps_num_steps"
-#: An original sampler and the EDM sampler are one family (one colour) when their σ ranges
-#: (σ_min, σ_max used) agree within this factor at both ends.
-SAME_RANGE = 1.25
+#: An original sampler and the EDM sampler are one family (one colour) when the largest σ they
+#: start from (``sigma_max_used``) agrees within this factor; σ_min is no guide (iDDPM's last
+#: σ is a rounded index: 0.0064 at M = 1000, not the 0.002 its EDM counterpart is given).
+SAME_RANGE = 1.1
 
 
 def _pyplot() -> Any:
@@ -95,35 +98,36 @@ def _labels(keys: list[str], parts: list[dict[str, Any]]) -> list[str]:
 
 
 def _families(lines: list[tuple[dict[str, Any], Any]]) -> list[tuple[int, bool]]:
-    """(colour index, is the EDM sampler) per line: an original sampler takes the colour of the
-    EDM sampler line whose σ range agrees with its own (``SAME_RANGE``), as in Fig. 2."""
+    """(colour index, solid) per line: an original sampler (``ORIGINAL_TIMESTEPS``, dashed)
+    takes the colour of the EDM sampler line that starts from the nearest σ_max, if within
+    ``SAME_RANGE`` (Fig. 2); every other line is solid in a colour of its own."""
 
     def value(parts: dict[str, Any], rows: Any, column: str) -> Any:
         return (
             parts[column] if column in parts else rows[column].iloc[0] if column in rows else None
         )
 
-    def span(rows: Any) -> tuple[float, float] | None:
-        if not {"sigma_min_used", "sigma_max_used"} <= set(rows.columns):
-            return None
-        lo, hi = rows["sigma_min_used"].median(), rows["sigma_max_used"].median()
-        return (float(lo), float(hi)) if lo > 0 and hi > 0 else None
+    def start(rows: Any) -> float | None:
+        high = rows["sigma_max_used"].median() if "sigma_max_used" in rows else math.nan
+        return float(high) if high > 0 else None  # NaN (unknown) compares False
 
     edm = [tuple(value(p, r, c) for c in SAMPLER) == EDM_SAMPLER for p, r in lines]
-    spans = [span(rows) for _, rows in lines]
+    original = [value(p, r, "timesteps") in ORIGINAL_TIMESTEPS for p, r in lines]
+    starts = [start(rows) for _, rows in lines]
     colours = list(range(len(lines)))
-    if any(edm) and not all(edm):
-        limit = math.log(SAME_RANGE)
-        for i, line_span in enumerate(spans):
-            if edm[i] or line_span is None:
-                continue
-            for j, other in enumerate(spans):
-                if edm[j] and other is not None:
-                    gaps = [abs(math.log(a / b)) for a, b in zip(line_span, other, strict=True)]
-                    if max(gaps) <= limit:
-                        colours[i] = j
+    for i, sigma in enumerate(starts):
+        if not original[i] or sigma is None:
+            continue
+        gaps = {
+            j: abs(math.log(sigma / other))
+            for j, other in enumerate(starts)
+            if edm[j] and other is not None
+        }
+        nearest = min(gaps, key=gaps.__getitem__, default=None)
+        if nearest is not None and gaps[nearest] <= math.log(SAME_RANGE):
+            colours[i] = nearest
     order = {c: k for k, c in enumerate(dict.fromkeys(colours))}
-    return [(order[c], e) for c, e in zip(colours, edm, strict=True)]
+    return [(order[c], not o) for c, o in zip(colours, original, strict=True)]
 
 
 def _lines(ax: Any, result: Comparison) -> None:
@@ -137,18 +141,18 @@ def _lines(ax: Any, result: Comparison) -> None:
         for k, rows in groups
     ]
     labels = _labels(keys, [parts for parts, _ in lines])
-    for (_, rows), label, (colour, edm) in zip(lines, labels, _families(lines), strict=True):
+    for (_, rows), label, (colour, solid) in zip(lines, labels, _families(lines), strict=True):
         ax.errorbar(
             rows[NFE], rows["mean"], yerr=_errors(rows), marker="o", markersize=4, capsize=3,
-            color=f"C{colour % 10}", linestyle="-" if edm else "--", label=label,
+            color=f"C{colour % 10}", linestyle="-" if solid else "--", label=label,
         )  # fmt: skip
     from matplotlib.ticker import NullLocator
 
     plain = _plain_numbers()
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(cells[NFE].unique()))
+    ticks = sorted(cells[NFE].unique())
+    ax.set_xticks(ticks, _spaced(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(plain)
     low = np.nanmin(np.where(cells["lo"].notna(), cells["lo"], cells["mean"]))
     high = cells["mean"].max()
     if low > 0:
@@ -161,6 +165,17 @@ def _lines(ax: Any, result: Comparison) -> None:
     if len(lines) > 1:
         legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         legend.set_in_layout(False)  # beside the axes, which keep their size; the image grows
+
+
+def _spaced(ticks: list[float], ratio: float = 1.2) -> list[str]:
+    """Labels of log-axis ``ticks``, blank where a tick is within ``ratio`` of the last labelled
+    one (7 and 8 NFE: 8 keeps its tick mark, unlabelled)."""
+    labels, last = [], -math.inf
+    for tick in ticks:
+        keep = tick >= last * ratio
+        labels.append(f"{tick:.4g}" if keep else "")
+        last = tick if keep else last
+    return labels
 
 
 def _bars(ax: Any, result: Comparison) -> None:

@@ -130,8 +130,10 @@ def _worker(slot: WorkerSlot, root: str, tasks: Any, events: Any, driver: int) -
 
 
 #: Imported once by the fork server, so that each worker starts in milliseconds (scikit-learn
-#: loads the digits, and costs each worker ≈ 1 s of importing otherwise).
-PRELOAD = ["edmgrid.run.jobs", "edmgrid.engine.evaluate", "sklearn.datasets"]
+#: loads the digits, and costs each worker ≈ 1 s of importing otherwise). torch comes first and
+#: for real: the fork server never holds ``edmgrid.lazy``'s half-loaded module, which scipy's
+#: array-API probe would otherwise find in ``sys.modules`` while torch is still initialising.
+PRELOAD = ["torch", "edmgrid.run.jobs", "edmgrid.engine.evaluate", "sklearn.datasets"]
 
 
 @dataclass
