@@ -123,10 +123,13 @@ def _worker(slot: WorkerSlot, root: str, tasks: Any, events: Any, driver: int) -
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _watch_driver(driver)
     limit_threads(slot.threads)
-    events.send(Event(slot.index, "", "ready"))
-    while (task := tasks.recv()) is not None:
-        row = execute(task, root, slot.index, events.send)
-        events.send(Event(slot.index, task.name, "finished", row=row))
+    try:
+        events.send(Event(slot.index, "", "ready"))
+        while (task := tasks.recv()) is not None:
+            row = execute(task, root, slot.index, events.send)
+            events.send(Event(slot.index, task.name, "finished", row=row))
+    except (BrokenPipeError, EOFError):  # the driver closed our pipes (it stops): nothing to do
+        return
 
 
 #: Imported once by the fork server, so that each worker starts in milliseconds (scikit-learn
