@@ -327,7 +327,7 @@ from edmgrid.design.p_train import PTrain, p_trains
 from edmgrid.design.precond import Precond, preconds
 from edmgrid.design.scaling import Scaling, scalings
 from edmgrid.design.schedule import Schedule, schedules
-from edmgrid.design.solver import Solver, Step, StepNoise, solvers
+from edmgrid.design.solver import Solver, StepNoise, report_step, solvers
 from edmgrid.design.timesteps import Timesteps, timesteps
 from edmgrid.engine.metrics import Evaluation, compute
 """

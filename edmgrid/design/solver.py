@@ -145,7 +145,7 @@ class Solver(Choice, ABC):
         step), churn noise from ``randn_like``, ``callback`` told each step (``Step``)."""
 
 
-def _tell(
+def report_step(
     callback: Callback | None,
     i: int,
     ode: ProbabilityFlow,
@@ -154,6 +154,7 @@ def _tell(
     t_hat: Tensor,
     denoised: Tensor,
 ) -> None:
+    """Tell ``callback`` (if any) step i: the state x̂_i at t̂_i and D there (a ``Step``)."""
     if callback is not None:
         sigma, sigma_hat = ode.sigma(t), ode.sigma(t_hat)
         callback(Step(i=i, x=x, sigma=sigma, sigma_hat=sigma_hat, denoised=denoised))
@@ -177,7 +178,7 @@ class Euler(Solver):
         for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
             x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, noise)
             d_cur, denoised = ode.flow(x_hat, t_hat)
-            _tell(callback, i, ode, x_hat, t_cur, t_hat, denoised)
+            report_step(callback, i, ode, x_hat, t_cur, t_hat, denoised)
             x = x_hat.add(d_cur, alpha=float(t_next - t_hat))
         return x
 
@@ -202,7 +203,7 @@ class Heun(Solver):
             x_hat, t_hat = self.churn(ode, x, t_cur, num_steps, noise)
             h = float(t_next - t_hat)
             d_cur, denoised = ode.flow(x_hat, t_hat)
-            _tell(callback, i, ode, x_hat, t_cur, t_hat, denoised)
+            report_step(callback, i, ode, x_hat, t_cur, t_hat, denoised)
             if float(t_next) == 0:  # Euler into t_N = 0 (a grid that ends above 0: all Heun)
                 x = x_hat.add(d_cur, alpha=h)
                 continue
@@ -265,7 +266,7 @@ class Multistep(Solver):
         for i, sigma in enumerate(sigmas[:-1]):
             denoised = ode.denoise(x, sigma_steps[i])
             if callback is not None:  # the state in x = s·x̃
-                _tell(callback, i, ode, x * s_steps[i], t_steps[i], t_steps[i], denoised)
+                report_step(callback, i, ode, x * s_steps[i], t_steps[i], t_steps[i], denoised)
             if i == steps:  # Euler into t_N = 0: x̃_N = D(x̃_{N−1}; σ_{N−1})
                 x = x + (sigmas[-1] - sigma) / sigma * (x - denoised)
                 break

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from edmgrid.design.ode import ProbabilityFlow
 from edmgrid.design.schedule import Schedule, schedules
-from edmgrid.design.solver import Callback, RandnLike, Solver, Step, StepNoise, solvers
+from edmgrid.design.solver import Callback, RandnLike, Solver, StepNoise, report_step, solvers
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -54,9 +54,7 @@ class Kutta3(Solver):
             x, t = self.churn(ode, x, t_cur, num_steps, noise)
             h = float(t_next - t)
             k1, denoised = ode.flow(x, t)
-            if callback is not None:
-                sigma, sigma_hat = ode.sigma(t_cur), ode.sigma(t)
-                callback(Step(i=i, x=x, sigma=sigma, sigma_hat=sigma_hat, denoised=denoised))
+            report_step(callback, i, ode, x, t_cur, t, denoised)
             if i == num_steps - 1:
                 x = x + h * k1
                 continue
