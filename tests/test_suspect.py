@@ -4,6 +4,7 @@ Heun from there gives samples far outside the data for digits in [−1, 1]."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ def test_absurd_samples_and_ode_errors_are_stored_done_but_suspect_with_the_reas
     ran = cli("run", chen, "-r", results, "-x", "serial")
     assert ran.code == 0, ran.err  # stored, not failed
     rows = Store(results).query(
-        "SELECT job_id, schedule, status, ode_error, suspect FROM runs ORDER BY schedule"
+        "SELECT job_id, schedule, status, ode_error, num_samples, suspect FROM runs"
+        " ORDER BY schedule"
     )
     by = {r["schedule"]: r for r in rows.to_dict("records")}
     assert {r["status"] for r in by.values()} == {"done"}
@@ -81,6 +83,8 @@ def test_absurd_samples_and_ode_errors_are_stored_done_but_suspect_with_the_reas
         assert by[schedule]["ode_error"] > 2  # the numbers are kept
         assert reason.startswith("samples reach |x| = ")
         assert "> 4 × max|data| 1" in reason and "ode_error = " in reason
+        beyond, total = map(int, re.search(r"\((\d+) of (\d+)\)", reason).groups())  # type: ignore[union-attr]
+        assert 1 <= beyond <= total == by[schedule]["num_samples"]
         assert f"suspect {by[schedule]['job_id']}: samples reach" in " ".join(ran.out.split())
     assert pd.isna(by["cosine"]["suspect"])  # the same σ_max, and samples stay in range
 

@@ -204,14 +204,16 @@ def evaluate(job: JobSpec, cache_dir: Path, progress: Progress | None = None) ->
 
 def suspect(job: JobSpec, samples: Tensor, dataset: Dataset, row: dict[str, Any]) -> str | None:
     """Why a finished run's numbers cannot be right, or None: samples beyond SUSPECT_RANGE ×
-    max|data|, or a metric beyond its ``bounds``. (Non-finite samples or metrics fail the job
-    instead: there are no numbers to keep.)"""
+    max|data| (saying how many), or a metric beyond its ``bounds``. (Non-finite samples or
+    metrics fail the job instead: there are no numbers to keep.)"""
     scale = float(dataset.x.abs().max())
     reasons = []
-    reach = float(samples.abs().max())
-    if reach > SUSPECT_RANGE * scale:
+    reach = samples.abs().flatten(1).amax(1)
+    beyond = int((reach > SUSPECT_RANGE * scale).sum())
+    if beyond:
         reasons.append(
-            f"samples reach |x| = {reach:.4g} > {SUSPECT_RANGE:g} × max|data| {scale:.4g}"
+            f"samples reach |x| = {float(reach.max()):.4g} > {SUSPECT_RANGE:g} × max|data| "
+            f"{scale:.4g} ({beyond} of {len(reach)})"
         )
     for metric in job.metrics:
         for column, bound in metric.bounds(scale).items():
