@@ -154,11 +154,14 @@ def test_stat_min_leads_with_the_papers_min_of_replicates(tmp_path: Path) -> Non
         compare(table2_store(tmp_path / "b"), value="fd", stat="median")  # type: ignore[arg-type]
 
 
-def test_suspect_rows_are_marked_in_their_cell(tmp_path: Path) -> None:
+def test_suspect_rows_are_marked_in_their_cell_and_only_there(tmp_path: Path) -> None:
     store = table2_store(tmp_path)
     write(store, 0, config("A", "vp", 0), fd=10.0, suspect="samples beyond 10× the data range")
     result = compare(store, rows=["config"], cols=["family"], value="fd")
-    assert result.table.set_index("config").loc["A", "vp"].endswith("!")
+    table = result.table.set_index("config")
+    assert table.loc["A", "vp"].endswith("!")
+    for cfg, family in [("B", "vp"), ("A", "ve"), ("B", "ve")]:
+        assert "!" not in table.loc[cfg, family], (cfg, family)
     assert "!: suspect rows: samples beyond 10× the data range" in result.notes
 
 

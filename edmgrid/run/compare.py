@@ -384,7 +384,7 @@ def _text(cell: Any, stat: Stat) -> str:
         text = f"{cell['min']:.4g} min; {text}"
     marks = [WITHIN_NOISE_ABOVE] if cell["within_noise_above"] else []
     marks += [WITHIN_NOISE_LEFT] if cell["within_noise_left"] else []
-    if cell["suspect"] is not None:
+    if isinstance(cell["suspect"], str):  # a frame turns a cell's None into NaN
         marks.append("!")
     return " ".join([text, *marks])
 
