@@ -125,6 +125,19 @@ def test_sampling_and_every_metric_make_no_tensor_off_the_workers_device(
     assert evaluate(_job(model, [{"name": "fd_raw"}]), tmp_path)["fd_raw"] > 0
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "sigmoid", "linear_gamma"])
+def test_chen_schedules_make_no_tensor_off_the_workers_device(
+    schedule: str, meta_default: None, tmp_path: Path, one_thread: None
+) -> None:
+    sampler = {
+        "solver": {"name": "heun"},
+        "schedule": {"name": schedule},
+        "timesteps": {"name": "uniform", "num_steps": 4, "sigma_max": 80.0},
+    }
+    row = evaluate(_job({"kind": "analytic"}, [{"name": "fd_raw"}], sampler=sampler), tmp_path)
+    assert row["fd_raw"] > 0
+
+
 def test_a_trained_class_conditional_network_samples_on_the_workers_device(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:

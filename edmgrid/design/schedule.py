@@ -165,6 +165,14 @@ class GammaSchedule(Schedule):
         return self.gamma_inv(1 / (1 + (self.input_scale * sigma) ** 2))
 
 
+def _f64(x: float | Tensor) -> Tensor:
+    """``x`` in float64 on its own device; a number becomes a 0-d CPU tensor, which combines
+    with a tensor on any device (never one on torch's default device)."""
+    if isinstance(x, float | int):
+        return torch.tensor(x, dtype=torch.float64, device="cpu")
+    return x.to(torch.float64)
+
+
 @schedules.register
 class Cosine(GammaSchedule):
     """Chen 2023: γ(t) = (v_e − cos(π(t(e−s)+s)/2)^{2τ})/(v_e − v_s), v = cos(π·/2)^{2τ}."""
@@ -175,7 +183,7 @@ class Cosine(GammaSchedule):
     tau: float = Field(1.0, gt=0)
 
     def _v(self, x: float | Tensor) -> Tensor:
-        return (torch.pi * torch.as_tensor(x, dtype=torch.float64) / 2).cos() ** (2 * self.tau)
+        return (torch.pi * _f64(x) / 2).cos() ** (2 * self.tau)
 
     def gamma(self, t: Tensor) -> Tensor:
         v_s, v_e = self._v(self.start), self._v(self.end)
@@ -204,7 +212,7 @@ class Sigmoid(GammaSchedule):
     tau: float = Field(1.0, gt=0)
 
     def _v(self, x: float | Tensor) -> Tensor:
-        return (torch.as_tensor(x, dtype=torch.float64) / self.tau).sigmoid()
+        return (_f64(x) / self.tau).sigmoid()
 
     def gamma(self, t: Tensor) -> Tensor:
         v_s, v_e = self._v(self.start), self._v(self.end)
